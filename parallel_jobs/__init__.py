@@ -1,0 +1,49 @@
+"""parallel_jobs: run one function over many inputs in parallel.
+
+A drop-in for ``sciris.parallelize`` / ``sciris.Parallel`` that survives crashed and hung
+workers, chunks tiny tasks, shares big arrays without copying, shows progress and load, and
+reports where the time and memory went.
+
+Example:
+    >>> import parallel_jobs as pj
+    >>> def square(x):
+    ...     return x * x
+    >>> pj.parallelize(square, range(4), parallelizer="serial")
+    [0, 1, 4, 9]
+"""
+
+from ._cpus import cpu_count
+from .backends import PARALLELIZERS
+from .errors import (
+    ParallelJobsError,
+    RemoteTaskError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    UnknownParallelizerError,
+    WorkerCrashedError,
+)
+from .monitor import LoadMonitor, LoadSample
+from .parallel import Parallel, parallelize
+from .task import Task, TaskResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PARALLELIZERS",
+    "LoadMonitor",
+    "LoadSample",
+    "Parallel",
+    "ParallelJobsError",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "SerializationError",
+    "Task",
+    "TaskResult",
+    "TaskTimeoutError",
+    "UnknownParallelizerError",
+    "WorkerCrashedError",
+    "__version__",
+    "cpu_count",
+    "parallelize",
+]

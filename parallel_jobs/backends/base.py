@@ -1,0 +1,162 @@
+"""The one interface every backend offers the Runner.
+
+A backend executes chunks of tasks somewhere (worker processes, threads, the caller's own loop,
+a user's map function, a dask cluster) and hands back a :class:`~parallel_jobs.task.Batch` per
+chunk. The Runner decides what to run and when; a backend decides only where and how, so the
+Runner never branches on which backend it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..task import Batch, Chunk, Payload
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "chunk_failed",
+    "copied",
+    "kill_tree",
+    "logger",
+    "mark_overruns",
+]
+
+logger = logging.getLogger("parallel_jobs")
+
+
+@attrs.frozen(slots=True)
+class BackendOptions:
+    """Settings a backend needs from the run.
+
+    Attributes:
+        ncpus: how many tasks may run at once.
+        timeout: seconds a task may run, or None.
+        start_method: 'fork', 'spawn', 'forkserver', or None for the library's choice.
+        copy: give every task its own deep copy of the arguments (the '-copy' parallelizers).
+    """
+
+    ncpus: int
+    timeout: float | None = None
+    start_method: str | None = None
+    copy: bool = False
+
+
+class Backend(abc.ABC):
+    """Where tasks execute.
+
+    The lifecycle is ``start()``, then any number of ``submit()`` and ``collect()`` calls, then
+    ``shutdown()``, which is always called, also after errors and Ctrl-C.
+    """
+
+    #: Short name shown in ``Parallel.method`` and reports.
+    name: str = "?"
+    #: Whether a task that overruns its timeout is actually stopped (processes) or only abandoned.
+    stops_tasks: bool = True
+    #: The largest chunk this backend accepts (1 when each task must be timed on its own).
+    max_chunk: int | None = None
+
+    def __init__(self, options: BackendOptions) -> None:
+        self.options = options
+
+    @abc.abstractmethod
+    def start(self, payload: Payload) -> None:
+        """Prepare to run tasks of ``payload`` (start workers, ship shared data)."""
+
+    @abc.abstractmethod
+    def free_slots(self) -> int:
+        """How many more chunks ``submit`` accepts right now."""
+
+    @abc.abstractmethod
+    def submit(self, chunk: Chunk) -> None:
+        """Start running ``chunk``; its batch comes back from a later ``collect``."""
+
+    @abc.abstractmethod
+    def collect(self, timeout: float | None) -> list[Batch]:
+        """Wait up to ``timeout`` seconds (None: until something happens) and return the batches
+        of the chunks that finished, crashed or timed out meanwhile (possibly none)."""
+
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """How many submitted chunks have not been collected yet."""
+
+    @abc.abstractmethod
+    def shutdown(self, abort: bool = False) -> None:
+        """Release every resource. ``abort``: stop running tasks now instead of letting workers
+        finish politely. Must be safe to call twice."""
+
+    def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
+        """A dict that every task sees and may write to (``globaldict``); a plain dict for
+        backends whose tasks share this process's memory."""
+        return dict(initial)
+
+    def worker_pids(self) -> Sequence[int]:
+        """The process ids of the live workers (empty for in-process backends)."""
+        return ()
+
+
+def kill_tree(pid: int) -> None:
+    """Kill process ``pid`` and every process below it, deepest first."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        children = root.children(recursive=True)
+    except psutil.Error:
+        children = []
+    for child in reversed(children):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    try:
+        os.kill(pid, 9)
+    except OSError:
+        pass
+
+
+def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
+    """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
+    from ..task import Failure
+
+    batch = Batch.empty(chunk.indices, pid)
+    for pos, index in enumerate(chunk.indices):
+        batch.failures[pos] = Failure.capture(error_for[index])
+    return batch
+
+
+def mark_overruns(batch: Batch, timeout: float | None) -> Batch:
+    """Fail the tasks of ``batch`` that ran longer than ``timeout``, for backends that can only
+    notice an overrun after the task returns."""
+    from ..errors import TaskTimeoutError
+    from ..task import Failure
+
+    if timeout is None:
+        return batch
+    for pos, seconds in enumerate(batch.elapsed):
+        if seconds > timeout:
+            batch.values[pos] = None
+            error = TaskTimeoutError(batch.indices[pos], timeout, stopped=False)
+            batch.failures[pos] = Failure.capture(error)
+    return batch
+
+
+def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
+    """Deep copies of the arguments in ``payload`` and ``chunk``, for the '-copy' parallelizers.
+
+    ``globaldict`` is shared on purpose and never copied.
+    """
+    import copy
+
+    kwargs = {
+        key: value if key == "globaldict" else copy.deepcopy(value)
+        for key, value in payload.kwargs.items()
+    }
+    payload = Payload(payload.func, copy.deepcopy(payload.args), kwargs)
+    return payload, copy.deepcopy(chunk)

@@ -1,0 +1,156 @@
+"""The 'fast' backend: ``concurrent.futures.ProcessPoolExecutor`` from the standard library.
+
+Kept for sciris compatibility. Its limits are the executor's: when one worker dies, the executor
+breaks and cannot say which task killed it, so every task in flight at that moment fails with
+``WorkerCrashedError`` (the executor is then rebuilt for the remaining tasks); and it cannot stop
+one running task, so a task that overruns its timeout is abandoned and its process killed when
+the run ends. The default backend has neither limit.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import pickle
+import time
+from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from ..errors import TaskTimeoutError, WorkerCrashedError
+from ..task import Batch, Chunk, Payload
+from ..worker import encode_batch, run_chunk
+from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+
+__all__ = ["FuturesBackend"]
+
+_PAYLOAD: Payload | None = None
+
+
+def _initialize(blob: bytes) -> None:
+    global _PAYLOAD
+    from .._shm import loads_payload
+
+    _PAYLOAD = loads_payload(blob)
+
+
+def _run(chunk: Chunk) -> bytes:
+    assert _PAYLOAD is not None
+    return encode_batch(run_chunk(_PAYLOAD, chunk))
+
+
+class FuturesBackend(Backend):
+    """Chunks submitted to a ``ProcessPoolExecutor`` of ``ncpus`` processes."""
+
+    name = "concurrent.futures"
+    stops_tasks = False
+
+    def __init__(self, options: BackendOptions) -> None:
+        super().__init__(options)
+        self.max_chunk = 1 if options.timeout is not None else None
+        self.context = multiprocessing.get_context(options.start_method)
+        self.executor: cf.ProcessPoolExecutor | None = None
+        self.blob = b""
+        self.shared: Any = None
+        self.manager: Any = None
+        self.futures: dict[cf.Future[bytes], tuple[Chunk, float]] = {}
+        self.abandoned: set[cf.Future[bytes]] = set()
+
+    def start(self, payload: Payload) -> None:
+        from .._shm import SharedArrays
+        from .pool import _pack_payload
+
+        self.shared = SharedArrays()
+        self.blob = _pack_payload(payload, self.shared)
+        self._new_executor()
+
+    def _new_executor(self) -> None:
+        self.executor = cf.ProcessPoolExecutor(
+            max_workers=self.options.ncpus, mp_context=self.context,
+            initializer=_initialize, initargs=(self.blob,),
+        )
+
+    def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
+        # A manager process serves the dict, so a write in one task is seen by later ones.
+        self.manager = self.context.Manager()
+        shared: MutableMapping[str, Any] = self.manager.dict(initial)
+        return shared
+
+    def free_slots(self) -> int:
+        return max(0, self.options.ncpus - self.in_flight())
+
+    def in_flight(self) -> int:
+        return len(self.futures)
+
+    def submit(self, chunk: Chunk) -> None:
+        assert self.executor is not None
+        self.futures[self.executor.submit(_run, chunk)] = (chunk, time.perf_counter())
+
+    def collect(self, timeout: float | None) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is not None and self.futures:
+            now = time.perf_counter()
+            soonest = min(sent for _, sent in self.futures.values()) + limit - now
+            timeout = max(0.0, soonest) if timeout is None else min(timeout, max(0.0, soonest))
+        done, _ = cf.wait(list(self.futures), timeout, return_when=cf.FIRST_COMPLETED)
+        batches = []
+        broken = False
+        for future in done:
+            chunk, _ = self.futures.pop(future)
+            try:
+                batches.append(pickle.loads(future.result()))
+            except BrokenProcessPool:
+                broken = True
+                detail = "concurrent.futures cannot tell which task killed its pool."
+                errors = {i: WorkerCrashedError(i, None, detail) for i in chunk.indices}
+                batches.append(chunk_failed(chunk, dict(errors), 0))
+            except Exception as exc:
+                batches.append(chunk_failed(chunk, dict.fromkeys(chunk.indices, exc), 0))
+        if broken:
+            logger.warning("the concurrent.futures pool broke; starting a new one")
+            self._kill_executor()
+            self._new_executor()
+        batches.extend(self._expire())
+        return batches
+
+    def _expire(self) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is None:
+            return []
+        now = time.perf_counter()
+        batches = []
+        for future, (chunk, sent) in list(self.futures.items()):
+            if now - sent < limit:
+                continue
+            del self.futures[future]
+            self.abandoned.add(future)
+            index = chunk.indices[0]
+            error = TaskTimeoutError(index, limit, stopped=False)
+            batches.append(Batch.lost(index, error, pid=0, started=sent, elapsed=now - sent))
+        return batches
+
+    def _kill_executor(self) -> None:
+        executor, self.executor = self.executor, None
+        if executor is None:
+            return
+        processes = dict(getattr(executor, "_processes", None) or {})
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes.values():
+            if process.is_alive():
+                kill_tree(process.pid)
+            process.join(1.0)
+
+    def shutdown(self, abort: bool = False) -> None:
+        if abort or self.abandoned:
+            self._kill_executor()
+        elif self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+        self.futures.clear()
+        self.abandoned.clear()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+        if self.manager is not None:
+            self.manager.shutdown()
+            self.manager = None

@@ -1,0 +1,84 @@
+"""A user's map-like callable as the backend: ``parallelizer=pool.map``, a dask map, ...
+
+The callable is called once, as ``mapfunc(run_task_call, calls)``, with one :class:`TaskCall`
+per task, exactly as sciris calls it (a function and a list of arguments). Each ``TaskCall``
+holds the whole payload, because the map may send each item anywhere. Timeouts can only be
+noticed after a task returns, and a failure can only stop the run after the map returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..task import Batch, Chunk, Payload
+from ..worker import run_chunk
+from .base import Backend, BackendOptions, mark_overruns
+
+__all__ = ["MapBackend", "TaskCall", "run_task_call"]
+
+
+@attrs.frozen(slots=True)
+class TaskCall:
+    """One task with everything it needs, for a map function that sees only its items."""
+
+    payload: Payload
+    chunk: Chunk
+
+
+def run_task_call(call: TaskCall) -> Batch:
+    """Run one :class:`TaskCall`; this is the function handed to the user's map."""
+    return run_chunk(call.payload, call.chunk)
+
+
+class MapBackend(Backend):
+    """Collects every task, then hands them all to the user's map in one call."""
+
+    name = "custom"
+    stops_tasks = False
+    max_chunk = 1
+
+    def __init__(self, options: BackendOptions, mapfunc: Callable[..., Any]) -> None:
+        super().__init__(options)
+        self.mapfunc = mapfunc
+        self.payload: Payload | None = None
+        self.pending: list[Chunk] = []
+
+    def start(self, payload: Payload) -> None:
+        self.payload = payload
+
+    def free_slots(self) -> int:
+        return 1 << 30
+
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def submit(self, chunk: Chunk) -> None:
+        self.pending.append(chunk)
+
+    def collect(self, timeout: float | None) -> list[Batch]:
+        assert self.payload is not None
+        calls = [TaskCall(self.payload, chunk) for chunk in self.pending]
+        self.pending = []
+        if not calls:
+            return []
+        outputs = list(self.mapfunc(run_task_call, calls))
+        if len(outputs) != len(calls):
+            msg = (
+                f"parallelizer {self.mapfunc!r} returned {len(outputs)} results for "
+                f"{len(calls)} tasks; it must behave like map(func, items)"
+            )
+            raise ValueError(msg)
+        for output in outputs:
+            if not isinstance(output, Batch):
+                msg = (
+                    f"parallelizer {self.mapfunc!r} returned a {type(output).__name__}; it must "
+                    "return what the function it was given returns, like map(func, items)"
+                )
+                raise TypeError(msg)
+        return [mark_overruns(batch, self.options.timeout) for batch in outputs]
+
+    def shutdown(self, abort: bool = False) -> None:
+        self.pending = []

@@ -1,0 +1,352 @@
+"""The default backend: worker processes that the Runner starts and watches itself.
+
+::
+
+    parent (Runner thread)                              worker process (worker_main)
+    ----------------------                              ----------------------------
+    submit(chunk) --- send_bytes(pickle(chunk)) -----> recv_bytes -> run_chunk()
+                                                          | writes slot = (task index, start time)
+    collect(): wait([result pipes..., sentinels...])      v
+        <------------------- send_bytes(pickle(batch)) -- encode_batch()
+        sentinel fires  -> the worker died: read slot, fail that task, requeue the rest, replace it
+        slot too old    -> the task overran: kill the worker tree, fail that task, requeue the rest
+
+Nothing polls: the parent blocks on result pipes and process sentinels together, so a dead worker
+is seen the moment it dies, and the only timer is the earliest task deadline. The payload
+(function, shared arguments) reaches a worker once: inherited under fork, pickled once (large
+arrays through shared memory) otherwise. Each message carries a chunk, never a single tiny task.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import sys
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..task import Batch, Chunk, Payload
+from ..worker import IDLE, dumps, worker_main
+from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+
+__all__ = ["ProcessPoolBackend", "default_start_method"]
+
+
+def default_start_method() -> str | None:
+    """'fork' where the platform has it (fastest start, shared data for free), else its default."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return None
+
+
+class _Worker:
+    __slots__ = ("chunk", "conn", "number", "process", "slot")
+
+    def __init__(self, number: int, process: Any, conn: Any, slot: Any) -> None:
+        self.number = number
+        self.process = process
+        self.conn = conn
+        self.slot = slot
+        self.chunk: Chunk | None = None
+
+
+class ProcessPoolBackend(Backend):
+    """A fixed number of worker processes from a ``multiprocess`` (dill) or stdlib context."""
+
+    def __init__(self, options: BackendOptions, library: str = "multiprocess") -> None:
+        super().__init__(options)
+        self.name = library
+        if library == "multiprocess":
+            import multiprocess
+            import multiprocess.connection
+
+            module: Any = multiprocess
+        else:
+            import multiprocessing.connection
+
+            module = multiprocessing
+        self.start_method = options.start_method or default_start_method()
+        self.context = module.get_context(self.start_method)
+        self.wait = module.connection.wait
+        self.workers: list[_Worker | None] = [None] * options.ncpus
+        self.payload: Payload | bytes | None = None
+        self.shared: Any = None
+        self.manager: Any = None
+        self.seed_base: int | None = None
+        self.started_workers = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, payload: Payload) -> None:
+        if self.context.get_start_method() == "fork":
+            self.payload = payload
+        else:
+            from .._shm import SharedArrays
+
+            self.shared = SharedArrays()
+            self.payload = _pack_payload(payload, self.shared)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            # One draw from the caller's global RNG, as sciris does, so a seeded caller reproduces.
+            self.seed_base = int(np.random.randint(0, 2**31 - 1))
+        for number in range(len(self.workers)):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> _Worker:
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
+        slot = self.context.RawArray("d", 2)
+        seed = None if self.seed_base is None else self.seed_base + 7919 * self.started_workers
+        process = self.context.Process(
+            target=worker_main,
+            args=(child_conn, self.payload, slot, seed),
+            name=f"parallel_jobs-worker-{number}",
+            daemon=False,  # daemonic processes may not start their own pools (nested runs)
+        )
+        process.start()
+        child_conn.close()
+        self.started_workers += 1
+        worker = _Worker(number, process, parent_conn, slot)
+        self.workers[number] = worker
+        logger.debug("started worker %d (pid %d)", number, process.pid)
+        return worker
+
+    def shutdown(self, abort: bool = False) -> None:
+        live = [w for w in self.workers if w is not None]
+        self.workers = [None] * len(self.workers)
+        try:
+            if not abort:
+                for worker in live:
+                    try:
+                        worker.conn.send_bytes(pickle.dumps(None))
+                    except OSError:
+                        pass
+                deadline = time.monotonic() + 2.0
+                for worker in live:
+                    worker.process.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            for worker in live:
+                self._stop(worker)
+            if self.shared is not None:
+                self.shared.close()
+                self.shared = None
+            if self.manager is not None:
+                self.manager.shutdown()
+                self.manager = None
+
+    def _stop(self, worker: _Worker) -> None:
+        """Make sure ``worker`` and any process it started are gone, and free its handles."""
+        pid = worker.process.pid
+        if worker.process.is_alive():
+            kill_tree(pid)
+        worker.process.join(1.0)
+        worker.conn.close()
+        _release(worker.process)
+        logger.debug("stopped worker %d (pid %s)", worker.number, pid)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
+        # A manager process serves the dict, so a write in one task is seen by later ones.
+        self.manager = self.context.Manager()
+        shared: MutableMapping[str, Any] = self.manager.dict(initial)
+        return shared
+
+    def free_slots(self) -> int:
+        return sum(1 for w in self.workers if w is None or w.chunk is None)
+
+    def in_flight(self) -> int:
+        return sum(1 for w in self.workers if w is not None and w.chunk is not None)
+
+    def worker_pids(self) -> Sequence[int]:
+        return [w.process.pid for w in self.workers if w is not None]
+
+    def submit(self, chunk: Chunk) -> None:
+        number = next(i for i, w in enumerate(self.workers) if w is None or w.chunk is None)
+        worker = self.workers[number]
+        if worker is not None and not worker.process.is_alive():
+            # It died after sending its last batch (os._exit at the very end of a task, say).
+            self._discard(worker)
+            worker = None
+        if worker is None:
+            worker = self._spawn(number)
+        message = _encode_chunk(chunk)
+        worker.chunk = chunk
+        worker.conn.send_bytes(message)
+
+    def collect(self, timeout: float | None) -> list[Batch]:
+        busy = [w for w in self.workers if w is not None and w.chunk is not None]
+        if not busy:
+            return []
+        wait_for = self._until_next_deadline(busy, timeout)
+        handles: dict[Any, _Worker] = {}
+        for worker in busy:
+            handles[worker.conn] = worker
+            handles[worker.process.sentinel] = worker
+        ready = self.wait(list(handles), wait_for)
+        batches: list[Batch] = []
+        seen: set[int] = set()
+        for handle in ready:
+            worker = handles[handle]
+            if worker.number in seen:
+                continue
+            seen.add(worker.number)
+            batch = self._receive(worker)
+            if batch is not None:
+                batches.append(batch)
+        batches.extend(self._expire(busy))
+        return batches
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _receive(self, worker: _Worker) -> Batch | None:
+        chunk = worker.chunk
+        assert chunk is not None
+        try:
+            if worker.conn.poll():
+                data = worker.conn.recv_bytes()
+                worker.chunk = None
+                return _decode_batch(data, chunk, worker.process.pid)
+        except (EOFError, OSError):
+            pass
+        if worker.process.is_alive():
+            return None
+        return self._crashed(worker, chunk)
+
+    def _crashed(self, worker: _Worker, chunk: Chunk) -> Batch:
+        worker.process.join(1.0)
+        exitcode = worker.process.exitcode
+        pid = worker.process.pid
+        culprit, started = _running_task(worker, chunk)
+        self._discard(worker)
+        now = time.perf_counter()
+        logger.warning(
+            "worker %d (pid %s) died with exit code %s while running task %s; replacing it",
+            worker.number, pid, exitcode, culprit,
+        )
+        if culprit is None:
+            detail = "It died between tasks, while sending the results of its chunk."
+            errors = {i: WorkerCrashedError(i, exitcode, detail) for i in chunk.indices}
+            return chunk_failed(chunk, errors, pid)
+        error = WorkerCrashedError(culprit, exitcode)
+        requeue = [i for i in chunk.indices if i != culprit]
+        return Batch.lost(
+            culprit, error, pid=pid, started=started,
+            elapsed=now - started, requeue=requeue,
+        )
+
+    def _until_next_deadline(self, busy: list[_Worker], timeout: float | None) -> float | None:
+        limit = self.options.timeout
+        if limit is None:
+            return timeout
+        now = time.perf_counter()
+        for worker in busy:
+            started = worker.slot[1]
+            if started != IDLE:
+                remaining = max(0.0, started + limit - now)
+                timeout = remaining if timeout is None else min(timeout, remaining)
+        return timeout
+
+    def _expire(self, busy: list[_Worker]) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is None:
+            return []
+        batches = []
+        now = time.perf_counter()
+        for worker in busy:
+            chunk = worker.chunk
+            started = worker.slot[1]
+            if chunk is None or started == IDLE or now - started < limit:
+                continue
+            index = int(worker.slot[0])
+            pid = worker.process.pid
+            kill_tree(pid)
+            self._discard(worker)
+            logger.warning(
+                "task %d overran its timeout of %g s; stopped worker %d (pid %s)",
+                index, limit, worker.number, pid,
+            )
+            requeue = [i for i in chunk.indices if i != index]
+            batches.append(
+                Batch.lost(
+                    index, TaskTimeoutError(index, limit), pid=pid,
+                    started=started, elapsed=now - started, requeue=requeue,
+                )
+            )
+        return batches
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.process.join(1.0)
+        worker.conn.close()
+        _release(worker.process)
+        worker.chunk = None
+        self.workers[worker.number] = None
+
+
+def _running_task(worker: _Worker, chunk: Chunk) -> tuple[int | None, float]:
+    started = worker.slot[1]
+    if started == IDLE:
+        return None, time.perf_counter()
+    index = int(worker.slot[0])
+    return (index if index in chunk.indices else None), started
+
+
+def _release(process: Any) -> None:
+    try:
+        process.close()
+    except ValueError:
+        pass
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
+    try:
+        return dumps(chunk)
+    except Exception:
+        pass
+    for task in chunk.tasks():
+        try:
+            dumps(task)
+        except Exception as exc:
+            raise SerializationError(f"the arguments of task {task.index}", str(exc)) from exc
+    raise SerializationError(f"the chunk of tasks {list(chunk.indices)}", "unknown reason")
+
+
+def _decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
+    try:
+        batch = pickle.loads(data)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        errors: dict[int, BaseException] = {
+            i: SerializationError(f"the result of task {i}", f"could not be unpickled: {reason}")
+            for i in chunk.indices
+        }
+        return chunk_failed(chunk, errors, pid)
+    assert isinstance(batch, Batch)
+    return batch
+
+
+def _pack_payload(payload: Payload, shared: Any) -> bytes:
+    """Pickle the payload once; on failure, say which part of it cannot be pickled."""
+    try:
+        blob: bytes = shared.dumps(payload)
+        return blob
+    except Exception as exc:
+        failure = exc
+    shared.close()
+    for what, obj in (("the function", payload.func), ("args", payload.args)):
+        try:
+            shared.dumps(obj)
+        except Exception as exc:
+            raise SerializationError(what, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            shared.close()
+    for key, value in payload.kwargs.items():
+        try:
+            shared.dumps(value)
+        except Exception as exc:
+            raise SerializationError(f"keyword argument {key!r}", str(exc)) from exc
+        finally:
+            shared.close()
+    raise SerializationError("the shared arguments", str(failure)) from failure
+

@@ -1,0 +1,139 @@
+"""The 'thread' backend: tasks run in threads of the calling process.
+
+Threads share memory, so nothing is pickled and ``globaldict`` is a plain dict; only code that
+releases the GIL (NumPy, I/O) runs truly in parallel. A thread cannot be killed: a task that
+overruns its timeout is recorded as timed out and abandoned (it may go on running in the
+background), and a fresh thread takes its place.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from ..errors import TaskTimeoutError
+from ..task import Batch, Chunk, Payload
+from ..worker import IDLE, run_chunk
+from .base import Backend, BackendOptions, copied, logger
+
+__all__ = ["ThreadBackend"]
+
+
+class _ThreadWorker:
+    def __init__(self, number: int, payload: Payload, outbox: queue.SimpleQueue[Any],
+                 copy: bool) -> None:
+        self.number = number
+        self.payload = payload
+        self.outbox = outbox
+        self.copy = copy
+        self.inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
+        self.slot: list[float] = [0.0, IDLE]
+        self.chunk: Chunk | None = None
+        self.abandoned = False
+        self.thread = threading.Thread(
+            target=self._loop, name=f"parallel_jobs-thread-{number}", daemon=True
+        )
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            chunk = self.inbox.get()
+            if chunk is None:
+                return
+            payload = self.payload
+            if self.copy:
+                payload, chunk = copied(payload, chunk)
+            batch = run_chunk(payload, chunk, self.slot)
+            self.outbox.put((self, batch))
+            if self.abandoned:
+                return
+
+
+class ThreadBackend(Backend):
+    """``ncpus`` threads, each fed its own chunks."""
+
+    name = "thread"
+    stops_tasks = False
+
+    def __init__(self, options: BackendOptions) -> None:
+        super().__init__(options)
+        # A timed-out task is abandoned with its thread: give each task its own chunk then.
+        self.max_chunk = 1 if (options.copy or options.timeout is not None) else None
+        self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch]] = queue.SimpleQueue()
+        self.workers: list[_ThreadWorker] = []
+        self.payload: Payload | None = None
+
+    def start(self, payload: Payload) -> None:
+        self.payload = payload
+        self.workers = [self._new(n) for n in range(self.options.ncpus)]
+
+    def _new(self, number: int) -> _ThreadWorker:
+        assert self.payload is not None
+        return _ThreadWorker(number, self.payload, self.outbox, self.options.copy)
+
+    def free_slots(self) -> int:
+        return sum(1 for w in self.workers if w.chunk is None)
+
+    def in_flight(self) -> int:
+        return sum(1 for w in self.workers if w.chunk is not None)
+
+    def submit(self, chunk: Chunk) -> None:
+        worker = next(w for w in self.workers if w.chunk is None)
+        worker.chunk = chunk
+        worker.inbox.put(chunk)
+
+    def collect(self, timeout: float | None) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is not None:
+            now = time.perf_counter()
+            for worker in self.workers:
+                if worker.chunk is not None and worker.slot[1] != IDLE:
+                    remaining = max(0.0, worker.slot[1] + limit - now)
+                    timeout = remaining if timeout is None else min(timeout, remaining)
+        batches: list[Batch] = []
+        try:
+            item = self.outbox.get(timeout=timeout) if self.in_flight() else None
+            while item is not None:
+                worker, batch = item
+                if not worker.abandoned:
+                    worker.chunk = None
+                    batches.append(batch)
+                item = self.outbox.get_nowait()
+        except queue.Empty:
+            pass
+        batches.extend(self._expire())
+        return batches
+
+    def _expire(self) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is None:
+            return []
+        batches = []
+        now = time.perf_counter()
+        for number, worker in enumerate(self.workers):
+            started = worker.slot[1]
+            if worker.chunk is None or started == IDLE or now - started < limit:
+                continue
+            index = int(worker.slot[0])
+            worker.abandoned = True
+            logger.warning("task %d overran its timeout of %g s; abandoning its thread", index, limit)
+            requeue = [i for i in worker.chunk.indices if i != index]
+            error = TaskTimeoutError(index, limit, stopped=False)
+            batches.append(
+                Batch.lost(index, error, pid=os.getpid(), started=started, elapsed=now - started,
+                           requeue=requeue)
+            )
+            self.workers[number] = self._new(number)
+        return batches
+
+    def shutdown(self, abort: bool = False) -> None:
+        for worker in self.workers:
+            worker.inbox.put(None)
+        if not abort:
+            for worker in self.workers:
+                if not worker.abandoned:
+                    worker.thread.join()
+        self.workers = []

@@ -1,0 +1,220 @@
+"""The exception hierarchy of parallel_jobs.
+
+Every error the library raises derives from :class:`ParallelJobsError` and also from the builtin
+that best describes it, so callers may catch either. Every class here pickles and unpickles
+unchanged, because errors cross process boundaries.
+
+This module owns the classes only; deciding *when* a task has failed is the Runner's job.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "ExceptionCollector",
+    "ParallelJobsError",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "UnknownParallelizerError",
+    "WorkerCrashedError",
+    "annotate",
+]
+
+
+class ParallelJobsError(Exception):
+    """Base class of every error raised by parallel_jobs itself."""
+
+
+class UnknownParallelizerError(ParallelJobsError, KeyError):
+    """The ``parallelizer`` argument names no known backend."""
+
+    def __init__(self, name: object, valid: Iterable[str]) -> None:
+        self.name = name
+        self.valid = tuple(valid)
+        super().__init__(name, self.valid)
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() a lone argument; say something readable instead.
+        names = ", ".join(repr(v) for v in self.valid)
+        return f"unknown parallelizer {self.name!r}: must be a map-like callable or one of {names}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.valid))
+
+
+_LIKELY_CAUSE = {
+    "SIGSEGV": "a segmentation fault, usually a bug in a C extension or a stack overflow",
+    "SIGBUS": "a bus error, usually a bad memory access in a C extension",
+    "SIGABRT": "an abort, usually a failed assertion in a C library",
+    "SIGFPE": "a floating-point exception in native code",
+    "SIGILL": "an illegal instruction in native code",
+    "SIGKILL": "SIGKILL, most often the out-of-memory killer (check `dmesg`) or a user",
+    "SIGTERM": "SIGTERM, sent by a user, a job scheduler or the OS",
+}
+
+
+def signal_name(number: int) -> str:
+    """Return ``'SIGSEGV'`` for 11, or ``'signal N'`` for a number this platform does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class WorkerCrashedError(ParallelJobsError, RuntimeError):
+    """The worker process running a task died before the task finished.
+
+    Attributes:
+        index: the index of the task that was running, or None when no task was.
+        exitcode: the worker's exit status as ``multiprocessing`` reports it (negative for a signal).
+        signal: the name of the signal that killed the worker (``'SIGKILL'``), or None.
+    """
+
+    def __init__(self, index: int | None, exitcode: int | None, detail: str = "") -> None:
+        self.index = index
+        self.exitcode = exitcode
+        self.signal = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
+        self.detail = detail
+        super().__init__(index, exitcode, detail)
+
+    def __str__(self) -> str:
+        where = f"task {self.index}" if self.index is not None else "a task"
+        if self.signal is not None:
+            cause = _LIKELY_CAUSE.get(self.signal, f"signal {self.signal}")
+            how = f"was killed by {self.signal} (exit code {self.exitcode}): likely {cause}"
+        elif self.exitcode is None:
+            how = "vanished without an exit code"
+        else:
+            how = (
+                f"exited with code {self.exitcode}: the task, or code it called, "
+                "ended the process (os._exit, sys.exit in a C extension, or a fatal error)"
+            )
+        hint = (
+            " To see where it died, run with serial=True, or enable faulthandler in the task "
+            "(`import faulthandler; faulthandler.enable()`)."
+        )
+        extra = f" {self.detail}" if self.detail else ""
+        return f"the worker process running {where} {how}.{extra}{hint}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.exitcode, self.detail))
+
+
+class TaskTimeoutError(ParallelJobsError, TimeoutError):
+    """A task ran for longer than the ``timeout`` it was given.
+
+    Attributes:
+        index: the index of the task.
+        timeout: the limit in seconds that it overran.
+        stopped: whether its worker could be stopped (threads cannot be).
+    """
+
+    def __init__(self, index: int, timeout: float, stopped: bool = True) -> None:
+        self.index = index
+        self.timeout = timeout
+        self.stopped = stopped
+        super().__init__(index, timeout, stopped)
+
+    def __str__(self) -> str:
+        msg = f"task {self.index} ran for longer than its timeout of {self.timeout:g} s"
+        if self.stopped:
+            return f"{msg}; its worker was stopped and replaced"
+        return (
+            f"{msg}; this backend cannot stop a running task, so it was abandoned and may still "
+            "be running in the background (use the default process backend to have it stopped)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.timeout, self.stopped))
+
+
+class SerializationError(ParallelJobsError, TypeError):
+    """Something could not be pickled to cross a process boundary.
+
+    Attributes:
+        what: which object failed ("the function", "the return value of task 3", ...).
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(what, reason)
+
+    def __str__(self) -> str:
+        return f"{self.what} cannot be pickled to send between processes: {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.reason))
+
+
+class RemoteTaskError(ParallelJobsError):
+    """A task raised an exception that could not be sent back as itself.
+
+    The original class could not be pickled or re-created in the parent, so this error stands in
+    for it and keeps what can be kept.
+
+    Attributes:
+        type_name: the qualified name of the original exception's class.
+        message: ``str()`` of the original exception.
+        traceback: the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        super().__init__(type_name, message, traceback)
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text; set as the ``__cause__`` of a re-raised task error."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(text)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ExceptionCollector:
+    """Decides what a task's final failure means for the run.
+
+    With ``die=True`` the first failure ends the run: :meth:`add` raises it, as the task's own
+    exception type, with the worker's traceback as its cause and a note naming the task. With
+    ``die=False`` failures are only counted.
+    """
+
+    def __init__(self, die: bool) -> None:
+        self.die = die
+        self.count = 0
+
+    def add(self, index: int, exception: BaseException, traceback: str) -> None:
+        """Record the final failure of task ``index``; raise it if the run must stop."""
+        self.count += 1
+        if self.die:
+            raise annotate(exception, index, traceback)
+
+
+def annotate(exception: BaseException, index: int, traceback: str) -> BaseException:
+    """Attach the task's index and the worker's traceback to ``exception`` and return it."""
+    if exception.__cause__ is None and exception.__traceback__ is None and traceback:
+        exception.__cause__ = RemoteTraceback(
+            f"\n\nTask {index} raised this in its worker:\n\n{traceback}"
+        )
+    note = f"parallel_jobs: raised by task {index}; pass die=False to run every task regardless"
+    notes = getattr(exception, "__notes__", None)
+    if hasattr(exception, "add_note") and (notes is None or note not in notes):
+        exception.add_note(note)
+    return exception

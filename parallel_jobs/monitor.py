@@ -1,0 +1,170 @@
+"""Machine load: the ``LoadMonitor`` thread and the admission gate behind ``maxcpu``/``maxmem``.
+
+The monitor samples CPU and memory with psutil into :class:`LoadSample` records every
+``interval`` seconds, on a thread that sleeps on an event and stops the moment it is told. The
+:class:`LoadGate` lets the Runner (the parent, never a worker) decide whether another task may
+start. Both take an injected sampler and clock, so tests are exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+
+__all__ = ["LoadGate", "LoadMonitor", "LoadSample", "psutil_sampler"]
+
+
+@attrs.frozen(slots=True)
+class LoadSample:
+    """The machine's load at one moment.
+
+    Attributes:
+        time: wall-clock time of the sample (``time.time()`` seconds).
+        cpu: fraction of all CPUs busy since the previous sample, 0 to 1.
+        memory: fraction of memory in use, 0 to 1.
+        available: bytes of memory available to new allocations.
+    """
+
+    time: float
+    cpu: float
+    memory: float
+    available: int
+
+
+Sampler = Callable[[], tuple[float, float, int]]
+
+
+def psutil_sampler() -> Sampler:
+    """A sampler reading psutil: returns ``(cpu, memory, available)``."""
+    import psutil
+
+    psutil.cpu_percent(None)  # the first reading is meaningless; prime the counter
+
+    def sample() -> tuple[float, float, int]:
+        vm = psutil.virtual_memory()
+        return psutil.cpu_percent(None) / 100.0, vm.percent / 100.0, int(vm.available)
+
+    return sample
+
+
+class LoadMonitor:
+    """Samples machine load on a background thread.
+
+    Args:
+        interval: seconds between samples.
+        sampler: returns ``(cpu, memory, available)``; psutil by default.
+        clock: wall-clock time source for the samples.
+
+    Example:
+        >>> monitor = LoadMonitor(interval=60, sampler=lambda: (0.5, 0.25, 1024), clock=lambda: 0.0)
+        >>> monitor.sample()
+        LoadSample(time=0.0, cpu=0.5, memory=0.25, available=1024)
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        sampler: Sampler | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.interval = interval
+        self._sampler = sampler
+        self._clock = clock
+        self.samples: list[LoadSample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def latest(self) -> LoadSample | None:
+        """The most recent sample, or None before the first."""
+        return self.samples[-1] if self.samples else None
+
+    def sample(self) -> LoadSample:
+        """Take one sample now and keep it."""
+        if self._sampler is None:
+            self._sampler = psutil_sampler()
+        cpu, memory, available = self._sampler()
+        reading = LoadSample(self._clock(), cpu, memory, available)
+        self.samples.append(reading)
+        return reading
+
+    def start(self) -> None:
+        """Take a first sample and start sampling every ``interval`` seconds."""
+        self.sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="parallel_jobs-monitor",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        """Stop the thread at once and take a final sample."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self.sample()
+
+
+class LoadGate:
+    """Decides whether another task may start, given ``maxcpu`` and ``maxmem``.
+
+    A task is admitted while the latest sample is under both limits; when it is not, the gate is
+    checked again ``interval`` seconds later. It never starves a run: with none of the run's
+    tasks running, the next one starts whatever the load.
+
+    Example:
+        >>> monitor = LoadMonitor(sampler=lambda: (0.95, 0.5, 0), clock=lambda: 0.0)
+        >>> gate = LoadGate(monitor, maxcpu=0.8, maxmem=None, interval=0.5, clock=lambda: 10.0)
+        >>> _ = monitor.sample()
+        >>> gate.admits(running=1), gate.next_check
+        (False, 10.5)
+        >>> gate.admits(running=0)
+        True
+    """
+
+    def __init__(
+        self,
+        monitor: LoadMonitor,
+        maxcpu: float | None,
+        maxmem: float | None,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.monitor = monitor
+        self.maxcpu = maxcpu
+        self.maxmem = maxmem
+        self.interval = interval
+        self._clock = clock
+        self.next_check = 0.0
+        self.refusals = 0
+
+    def admits(self, running: int) -> bool:
+        """Whether a task may start now, with ``running`` of the run's tasks running.
+
+        Checks are spaced ``interval`` seconds apart, so admitted tasks start staggered.
+        """
+        now = self._clock()
+        if running == 0:
+            self.next_check = now + self.interval
+            return True
+        if now < self.next_check:
+            return False
+        self.next_check = now + self.interval
+        sample = self.monitor.latest
+        if sample is None or self._under_limits(sample):
+            return True
+        self.refusals += 1
+        return False
+
+    def _under_limits(self, sample: LoadSample) -> bool:
+        if self.maxcpu is not None and sample.cpu > self.maxcpu:
+            return False
+        return not (self.maxmem is not None and sample.memory > self.maxmem)

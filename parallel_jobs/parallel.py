@@ -1,0 +1,578 @@
+"""``Parallel`` and ``parallelize()``: the sciris-compatible front door.
+
+``Parallel`` validates its whole configuration at construction (a bad argument fails there,
+named, before any process starts), owns the lifecycle of its runs and turns the Runner's
+column-wise store into the lists sciris users know: ``results``, ``success``, ``exceptions``,
+``times``. ``parallelize()`` builds one ``Parallel``, runs it and returns its results.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from numbers import Integral, Real
+from typing import Any
+
+from ._cpus import cpu_count
+from .backends import Choice, resolve
+from .backends.base import BackendOptions
+from .monitor import LoadGate, LoadMonitor, LoadSample
+from .progress import make_reporter
+from .runner import RunPlan, Runner
+from .store import CANCELLED, SUCCEEDED, ResultStore
+from .task import Payload, TaskResult
+
+__all__ = ["Parallel", "parallelize"]
+
+_NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
+
+
+class Times(dict):  # type: ignore[type-arg]
+    """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _indexable(values: Any, name: str) -> Sequence[Any]:
+    """``values`` if it can be indexed and measured, else a list of it (generators, sets)."""
+    if isinstance(values, (str, bytes)) or isinstance(values, Mapping):
+        return list(values)
+    if hasattr(values, "__getitem__") and hasattr(values, "__len__"):
+        return values  # type: ignore[no-any-return]
+    if isinstance(values, Iterable):
+        return list(values)
+    msg = f"{name} must be iterable or an integer, not {type(values).__name__}"
+    raise TypeError(msg)
+
+
+def _fraction(value: Any, name: str) -> float | None:
+    """A load limit as a fraction: 0.8 and 80 both mean 80%."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        msg = f"{name} must be a number, not {type(value).__name__}"
+        raise TypeError(msg)
+    fraction = float(value) / 100 if value > 1 else float(value)
+    if not 0 < fraction <= 1:
+        msg = f"{name} must be a fraction in (0, 1] or a percentage in (1, 100], not {value!r}"
+        raise ValueError(msg)
+    return fraction
+
+
+def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a number"
+        msg = f"{name} must be {what}, not {type(value).__name__}"
+        raise TypeError(msg)
+    if not value > 0:
+        msg = f"{name} must be positive, not {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+class Parallel:
+    """Run a function over many inputs in parallel, and keep everything about the run.
+
+    Arguments are those of :func:`parallelize`, plus ``label``, a name shown in the progress bar
+    and reports. Configuration is validated here; nothing runs until :meth:`run` or
+    :meth:`run_async`.
+
+    Attributes:
+        njobs: number of tasks.
+        ncpus: number of tasks that run at once.
+        method: the backend ('multiprocess', 'thread', ...).
+        results: each task's return value, in input order (None for a failed task).
+        success: whether each task succeeded.
+        exceptions: what each task raised, or None.
+        times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
+            task's seconds).
+        task_results: one :class:`~parallel_jobs.TaskResult` per task.
+        load_samples: the machine's load sampled during the run.
+
+    Example:
+        >>> def square(x):
+        ...     return x * x
+        >>> P = Parallel(square, [1, 2, 3], parallelizer="serial", label="squares")
+        >>> P.run().results
+        [1, 4, 9]
+        >>> P.status, P.success
+        ('done', [True, True, True])
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        iterarg: Any = None,
+        iterkwargs: Any = None,
+        args: Any = None,
+        kwargs: Mapping[str, Any] | None = None,
+        ncpus: float | None = None,
+        maxcpu: float | None = None,
+        maxmem: float | None = None,
+        interval: float | None = None,
+        parallelizer: str | Callable[..., Any] | None = None,
+        serial: bool = False,
+        progress: bool = False,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        globaldict: Mapping[str, Any] | None = None,
+        die: bool = True,
+        label: str | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        chunksize: int | None = None,
+        start_method: str | None = None,
+        **func_kwargs: Any,
+    ) -> None:
+        if not callable(func):
+            msg = f"func must be callable, not {type(func).__name__}"
+            raise TypeError(msg)
+        self.func = func
+        self.label = label
+        self.progress = bool(progress)
+        self.die = bool(die)
+        self.choice: Choice = resolve(parallelizer, serial)
+        self.parallelizer = parallelizer
+        self.method = self.choice.method
+        self._plan = self._make_plan(iterarg, iterkwargs, args, kwargs, globaldict, func_kwargs)
+        self.njobs = self._plan.njobs
+        self.ncpus = self._resolve_ncpus(ncpus)
+        self.maxcpu = _fraction(maxcpu, "maxcpu")
+        self.maxmem = _fraction(maxmem, "maxmem")
+        self.interval = None if interval is None else float(_positive(interval, "interval"))
+        if callback is not None and not callable(callback):
+            msg = f"callback must be callable, not {type(callback).__name__}"
+            raise TypeError(msg)
+        self.callback = callback
+        if globaldict is not None and self.method == "dask":
+            msg = (
+                "globaldict cannot be shared across a dask cluster: its workers may be on other "
+                "machines; pass the data in kwargs, or use a local parallelizer"
+            )
+            raise ValueError(msg)
+        self.timeout = None if timeout is None else float(_positive(timeout, "timeout"))
+        if isinstance(retries, bool) or not isinstance(retries, Integral) or retries < 0:
+            msg = f"retries must be a whole number >= 0, not {retries!r}"
+            raise ValueError(msg)
+        self.retries = int(retries)
+        self.chunksize = None if chunksize is None else int(
+            _positive(chunksize, "chunksize", integer=True))
+        self.start_method = self._check_start_method(start_method)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.reset()
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def _make_plan(
+        self,
+        iterarg: Any,
+        iterkwargs: Any,
+        args: Any,
+        kwargs: Mapping[str, Any] | None,
+        globaldict: Mapping[str, Any] | None,
+        func_kwargs: Mapping[str, Any],
+    ) -> RunPlan:
+        njobs: int | None = None
+        values: Sequence[Any] | None = None
+        if iterarg is not None:
+            if isinstance(iterarg, Integral) and not isinstance(iterarg, bool):
+                njobs = int(iterarg)  # run the function that many times, with no iterated value
+            else:
+                values = _indexable(iterarg, "iterarg")
+                njobs = len(values)
+        per_task: Any = None
+        if iterkwargs is not None:
+            per_task, count = _check_iterkwargs(iterkwargs)
+            if njobs is not None and count != njobs:
+                msg = (
+                    f"iterarg and iterkwargs must have the same length, not {njobs} and {count}"
+                )
+                raise ValueError(msg)
+            njobs = count
+        if not njobs or njobs < 0:
+            msg = (
+                "nothing to run: give iterarg (an iterable or a positive integer) and/or "
+                f"iterkwargs with at least one entry (got iterarg={iterarg!r}, "
+                f"iterkwargs={iterkwargs!r})"
+            )
+            raise ValueError(msg)
+        if args is None:
+            shared_args: tuple[Any, ...] = ()
+        elif isinstance(args, (list, tuple)):
+            shared_args = tuple(args)
+        else:
+            shared_args = (args,)
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            msg = f"kwargs must be a dict, not {type(kwargs).__name__}"
+            raise TypeError(msg)
+        if globaldict is not None and not isinstance(globaldict, Mapping):
+            msg = f"globaldict must be a dict, not {type(globaldict).__name__}"
+            raise TypeError(msg)
+        shared_kwargs = {**(kwargs or {}), **func_kwargs}
+        payload = Payload(self.func, shared_args, shared_kwargs)
+        return RunPlan(njobs, values, per_task, payload, globaldict)
+
+    def _resolve_ncpus(self, ncpus: Any) -> int:
+        available = cpu_count()
+        if ncpus is None:
+            count = available
+        else:
+            if isinstance(ncpus, bool) or not isinstance(ncpus, Real):
+                msg = f"ncpus must be a number, not {type(ncpus).__name__}"
+                raise TypeError(msg)
+            if ncpus <= 0:
+                msg = f"ncpus must be positive (a count, or a fraction below 1), not {ncpus!r}"
+                raise ValueError(msg)
+            count = math.ceil(available * ncpus) if ncpus < 1 else int(ncpus)
+        return max(1, min(count, self.njobs))
+
+    @staticmethod
+    def _check_start_method(start_method: str | None) -> str | None:
+        if start_method is None:
+            return None
+        import multiprocessing
+
+        methods = multiprocessing.get_all_start_methods()
+        if start_method not in methods:
+            msg = f"start_method must be one of {methods}, not {start_method!r}"
+            raise ValueError(msg)
+        return start_method
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget any previous run: back to the state right after construction."""
+        if self.running:
+            msg = "cannot reset a Parallel while it is running; call finalize() first"
+            raise RuntimeError(msg)
+        self._store: ResultStore | None = None
+        self._runner: Runner | None = None
+        self._status = _NOT_RUN
+        self._thread = None
+        self._error = None
+        self.results: list[Any] | None = None
+        self.success: list[bool] | None = None
+        self.exceptions: list[BaseException | None] | None = None
+        self.skipped: list[bool] | None = None
+        self.globaldict: dict[str, Any] | None = None
+        self.load_samples: list[LoadSample] = []
+        self.times = Times(started=None, finished=None, elapsed=None, jobs=None)
+        self._t0 = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether tasks are running now."""
+        return getattr(self, "_status", _NOT_RUN) == _RUNNING
+
+    @property
+    def ready(self) -> bool:
+        """Whether a run has finished and its results are available."""
+        return self._status == _DONE
+
+    @property
+    def status(self) -> str:
+        """'not run', 'running' or 'done'."""
+        return self._status
+
+    @property
+    def task_results(self) -> list[TaskResult]:
+        """One :class:`~parallel_jobs.TaskResult` per task (empty before a run)."""
+        if self._store is None:
+            return []
+        return [self._store.task_result(i) for i in range(self.njobs)]
+
+    def __repr__(self) -> str:
+        label = f"{self.label!r}, " if self.label else ""
+        return (
+            f"Parallel({label}jobs={self.njobs}, cpus={self.ncpus}, method={self.method!r}, "
+            f"status={self.status!r})"
+        )
+
+    def disp(self) -> None:
+        """Print the configuration and, after a run, the outcome."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=repr(self), show_header=False)
+        for key in ("njobs", "ncpus", "method", "label", "die", "timeout", "retries",
+                    "maxcpu", "maxmem", "interval", "status"):
+            table.add_row(key, repr(getattr(self, key)))
+        if self.success is not None:
+            table.add_row("succeeded", f"{sum(self.success)} of {self.njobs}")
+            table.add_row("elapsed", f"{self.times['elapsed']:.3f} s")
+        Console().print(table)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _make_runner(self) -> Runner:
+        options = BackendOptions(
+            ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
+            copy=self.choice.copy,
+        )
+        backend = self.choice.build(options)
+        monitor = LoadMonitor(interval=self.interval or 1.0)
+        gate = None
+        if self.maxcpu is not None or self.maxmem is not None:
+            gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
+        self._store = ResultStore(self.njobs)
+        return Runner(
+            self._plan, backend, self._store, monitor=monitor, gate=gate,
+            reporter=make_reporter(self.progress, self.label), die=self.die,
+            retries=self.retries, chunksize=self.chunksize, callback=self.callback,
+            ncpus=self.ncpus,
+        )
+
+    def _begin(self) -> Runner:
+        if self.running:
+            msg = "this Parallel is already running; call finalize() before running it again"
+            raise RuntimeError(msg)
+        self.reset()
+        self._runner = self._make_runner()
+        self._status = _RUNNING
+        self.times["started"] = datetime.datetime.now()
+        self._t0 = time.perf_counter()
+        return self._runner
+
+    def run(self) -> Parallel:
+        """Run every task and wait for them; returns self.
+
+        Raises:
+            Exception: with ``die=True``, the first task's exception, as its own type.
+            KeyboardInterrupt: on Ctrl-C or SIGTERM; workers are stopped first, and the results
+                finished so far are kept.
+        """
+        if self.choice.is_async:
+            self.run_async()
+            return self.finalize()
+        runner = self._begin()
+        with _sigterm_as_interrupt():
+            try:
+                runner.run()
+            finally:
+                self._complete()
+        return self
+
+    def run_async(self) -> Parallel:
+        """Start the run in the background and return at once; see :meth:`monitor` and
+        :meth:`finalize`."""
+        runner = self._begin()
+
+        def target() -> None:
+            try:
+                runner.run()
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="parallel_jobs-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def monitor(self, interval: float = 0.1) -> None:
+        """Show a progress bar for a background run until it finishes (then call finalize)."""
+        if self._thread is None:
+            return
+        from .progress import ProgressReporter
+
+        store = self._store
+        assert store is not None
+        reporter = ProgressReporter(self.label)
+        reporter.start(self.njobs)
+        try:
+            while self._thread.is_alive():
+                self._thread.join(interval)
+                reporter.update(store.done, store.failed)
+        finally:
+            reporter.stop()
+
+    def finalize(self) -> Parallel:
+        """Wait for a background run, gather its results, and re-raise its error if any."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            try:
+                while thread.is_alive():
+                    thread.join(0.1)
+            finally:
+                if thread.is_alive():
+                    self._thread = thread
+                else:
+                    self._complete()
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+        return self
+
+    def _complete(self) -> None:
+        """Turn the store into results, success, exceptions and times."""
+        store, runner = self._store, self._runner
+        assert store is not None and runner is not None
+        self.results = list(store.values)
+        self.success = [state == SUCCEEDED for state in store.state]
+        self.skipped = [state == CANCELLED for state in store.state]
+        self.exceptions = [store.exception(i) for i in range(self.njobs)]
+        finished = datetime.datetime.now()
+        self.times["finished"] = finished
+        self.times["elapsed"] = time.perf_counter() - self._t0
+        self.times["jobs"] = list(store.elapsed)
+        self.globaldict = runner.globaldict
+        self.load_samples = list(runner.monitor.samples)
+        self._status = _DONE
+        ran = self.njobs - sum(self.skipped)
+        succeeded = sum(self.success)
+        if not self.die and succeeded < ran:
+            msg = (
+                f"only {succeeded} of {ran} tasks succeeded; see the exceptions attribute "
+                "(or task_results) for what failed"
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:
+    """Validate ``iterkwargs``; return it in indexable form and the number of tasks."""
+    if isinstance(iterkwargs, Mapping):
+        if not iterkwargs:
+            return {}, 0
+        columns: dict[str, Sequence[Any]] = {}
+        lengths = set()
+        for key, values in iterkwargs.items():
+            if not isinstance(key, str):
+                msg = f"iterkwargs keys must be argument names (str), not {key!r}"
+                raise TypeError(msg)
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                msg = (
+                    f"iterkwargs[{key!r}] must be an iterable of per-task values, not "
+                    f"{type(values).__name__}"
+                )
+                raise TypeError(msg)
+            columns[key] = _indexable(values, f"iterkwargs[{key!r}]")
+            lengths.add(len(columns[key]))
+        if len(lengths) > 1:
+            sizes = {key: len(values) for key, values in columns.items()}
+            msg = f"every iterkwargs entry must have the same length, not {sizes}"
+            raise ValueError(msg)
+        return columns, lengths.pop()
+    if isinstance(iterkwargs, (list, tuple)):
+        for position, item in enumerate(iterkwargs):
+            if not isinstance(item, Mapping):
+                msg = (
+                    f"iterkwargs[{position}] must be a dict of keyword arguments, not "
+                    f"{type(item).__name__}"
+                )
+                raise TypeError(msg)
+        return list(iterkwargs), len(iterkwargs)
+    msg = (
+        "iterkwargs must be a dict of equal-length iterables or a list of dicts, not "
+        f"{type(iterkwargs).__name__}"
+    )
+    raise TypeError(msg)
+
+
+class _sigterm_as_interrupt:
+    """While a run is in the main thread, SIGTERM raises KeyboardInterrupt, so the run's
+    cleanup (stopping workers, unlinking shared memory) happens as it does for Ctrl-C."""
+
+    def __enter__(self) -> None:
+        self.previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            except (ValueError, OSError):
+                self.previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def parallelize(
+    func: Callable[..., Any],
+    iterarg: Any = None,
+    iterkwargs: Any = None,
+    args: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    ncpus: float | None = None,
+    maxcpu: float | None = None,
+    maxmem: float | None = None,
+    interval: float | None = None,
+    parallelizer: str | Callable[..., Any] | None = None,
+    serial: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    globaldict: Mapping[str, Any] | None = None,
+    die: bool = True,
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    chunksize: int | None = None,
+    start_method: str | None = None,
+    label: str | None = None,
+    **func_kwargs: Any,
+) -> list[Any]:
+    """Call ``func`` once per input, in parallel, and return the results in input order.
+
+    Args:
+        func: the function to run.
+        iterarg: the per-task values: any iterable (a tuple item is unpacked into positional
+            arguments), or an integer N to call ``func()`` N times with no argument.
+        iterkwargs: per-task keyword arguments: a dict of equal-length iterables
+            (``{'x': [1, 2], 'y': [3, 4]}``) or a list of dicts.
+        args: positional arguments appended for every task.
+        kwargs: keyword arguments for every task (per-task values win).
+        ncpus: how many tasks run at once: None for every CPU this process may use, a count,
+            or a fraction below 1 of the CPUs. Never more than the number of tasks.
+        maxcpu: start a new task only while CPU load is below this (0.8 or 80 for 80%).
+        maxmem: start a new task only while memory use is below this.
+        interval: seconds between load checks (and samples) when limits are set.
+        parallelizer: where tasks run: 'multiprocess' (default), 'multiprocessing', 'fast',
+            'thread', 'serial', 'dask', a ``distributed.Client``, or a map-like callable such
+            as ``pool.map``; see the docs for the full table.
+        serial: run in the calling process (same as ``parallelizer='serial'``).
+        progress: show a progress bar.
+        callback: called in this process after each task with a dict: index, njobs, args,
+            kwargs, globaldict, outdict (result, success, exception, elapsed); setting
+            ``data['stop'] = True`` starts no further tasks.
+        globaldict: a dict shared by every task, passed as the keyword ``globaldict``.
+        die: stop at the first failure and raise it (as its own type); with False, run every
+            task and leave None in the results of failed ones.
+        timeout: seconds each task may run; an overrunning task fails with TaskTimeoutError.
+        retries: run a failed task up to this many more times.
+        chunksize: tasks per message to a worker (default: sized from measured durations).
+        start_method: 'fork', 'spawn' or 'forkserver' for the process backends.
+        label: a name for the progress bar and reports.
+        **func_kwargs: merged into ``kwargs``.
+
+    Returns:
+        The list of return values, one per task, in input order.
+
+    Example:
+        >>> def f(x, y):
+        ...     return x * y
+        >>> parallelize(f, iterarg=[(1, 2), (2, 3), (3, 4)], parallelizer="serial")
+        [2, 6, 12]
+        >>> parallelize(f, iterkwargs={"x": [1, 2, 3], "y": [2, 3, 4]}, parallelizer="thread")
+        [2, 6, 12]
+    """
+    parallel = Parallel(
+        func, iterarg=iterarg, iterkwargs=iterkwargs, args=args, kwargs=kwargs, ncpus=ncpus,
+        maxcpu=maxcpu, maxmem=maxmem, interval=interval, parallelizer=parallelizer,
+        serial=serial, progress=progress, callback=callback, globaldict=globaldict, die=die,
+        label=label, timeout=timeout, retries=retries, chunksize=chunksize,
+        start_method=start_method, **func_kwargs,
+    )
+    parallel.run()
+    assert parallel.results is not None
+    return parallel.results

@@ -1,0 +1,161 @@
+"""Progress reporting: a rich progress bar, or a null reporter that draws nothing.
+
+The Runner calls :meth:`ProgressReporter.update` with absolute counts as often as it likes; the
+reporter redraws at most ``1 / min_interval`` times a second. On a terminal (or in Jupyter) it
+draws a live bar; elsewhere (CI logs, files) it prints a plain line every ``plain_interval``
+seconds and one when the run ends. The clock is injected, so tests are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .monitor import LoadSample
+
+__all__ = ["NullReporter", "ProgressReporter", "make_reporter"]
+
+
+class NullReporter:
+    """Draws nothing; lets the Runner report progress without asking whether anyone listens."""
+
+    def start(self, total: int) -> None:
+        """Begin a run of ``total`` tasks."""
+
+    def update(self, done: int, failed: int, load: LoadSample | None = None) -> None:
+        """Record that ``done`` tasks have finished, ``failed`` of them unsuccessfully."""
+
+    def wake_in(self) -> float | None:
+        """Seconds until the reporter wants to redraw even if nothing finished, or None."""
+        return None
+
+    def stop(self) -> None:
+        """End the run and draw the final state."""
+
+
+def _format_rate(rate: float) -> str:
+    if rate >= 1:
+        return f"{rate:,.1f} tasks/s"
+    if rate > 0:
+        return f"{1 / rate:,.1f} s/task"
+    return "-- tasks/s"
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class ProgressReporter(NullReporter):
+    """A rich progress bar: label, done/total, failures, rate, elapsed, ETA, CPU and memory.
+
+    Args:
+        label: shown before the bar.
+        console: a ``rich.console.Console``; a new one on stderr by default.
+        clock: monotonic time source.
+        min_interval: least seconds between two redraws on a terminal.
+        plain_interval: seconds between two plain lines when not on a terminal.
+    """
+
+    def __init__(
+        self,
+        label: str | None = None,
+        console: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_interval: float = 0.1,
+        plain_interval: float = 5.0,
+    ) -> None:
+        from rich.console import Console
+
+        self.label = label or "parallel_jobs"
+        self.console = console if console is not None else Console(stderr=True)
+        self.clock = clock
+        self.min_interval = min_interval
+        self.plain_interval = plain_interval
+        self.live = self.console.is_terminal or self.console.is_jupyter
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.load: LoadSample | None = None
+        self.started = 0.0
+        self.last_draw = float("-inf")
+        self.draws = 0
+        self._progress: Any = None
+        self._task: Any = None
+
+    # -- text ----------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """The status line: counts, rate, elapsed, ETA and load."""
+        elapsed = max(self.clock() - self.started, 0.0)
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        remaining = self.total - self.done
+        eta = remaining / rate if rate > 0 else None
+        parts = [
+            f"{self.done}/{self.total}",
+            f"{self.failed} failed",
+            _format_rate(rate),
+            f"elapsed {_format_seconds(elapsed)}",
+            f"eta {_format_seconds(eta if remaining else 0.0)}",
+        ]
+        if self.load is not None:
+            parts.append(f"cpu {self.load.cpu:.0%} mem {self.load.memory:.0%}")
+        return " | ".join(parts)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self.started = self.clock()
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=self.console,
+                auto_refresh=False,
+                transient=False,
+                get_time=self.clock,
+            )
+            self._task = self._progress.add_task(self.label, total=total, status=self.summary())
+            self._progress.start()
+            self._draw()
+
+    def update(self, done: int, failed: int, load: LoadSample | None = None) -> None:
+        self.done, self.failed = done, failed
+        if load is not None:
+            self.load = load
+        interval = self.min_interval if self.live else self.plain_interval
+        if self.clock() - self.last_draw >= interval:
+            self._draw()
+
+    def wake_in(self) -> float | None:
+        interval = self.min_interval if self.live else self.plain_interval
+        return max(0.0, self.last_draw + interval - self.clock())
+
+    def _draw(self) -> None:
+        self.last_draw = self.clock()
+        self.draws += 1
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.done, status=self.summary())
+            self._progress.refresh()
+        else:
+            self.console.print(f"{self.label}: {self.summary()}", highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        self._draw()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def make_reporter(progress: bool, label: str | None) -> NullReporter:
+    """A :class:`ProgressReporter` when ``progress`` is true, else a :class:`NullReporter`."""
+    return ProgressReporter(label) if progress else NullReporter()

@@ -1,0 +1,313 @@
+"""The Runner: drives one run from the first dispatch to the last result.
+
+::
+
+    TaskSource ──chunks──▶ Backend ──batches──▶ Runner._absorb ──▶ ResultStore
+        ▲  (lazy; retries first)   (processes, threads, ...)   │
+        │                                                      ├──▶ ExceptionCollector (die)
+        └──────── requeue (crashed chunks, retries) ◀──────────┤
+                                                               ├──▶ callback, progress reporter
+    LoadMonitor (thread) ──samples──▶ LoadGate ──admits?──▶ dispatch
+
+The Runner owns everything that lives only while the run lives (the backend's workers, the
+monitor thread, the progress bar) and releases all of it in one ``finally``, after success,
+``die``, Ctrl-C and SIGTERM alike. It decides what runs when: how big each chunk is (from the
+measured task durations), whether the machine has room for another task, which failures are
+retried. It never looks at which backend it drives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .backends.base import Backend, chunk_failed
+from .errors import ExceptionCollector, SerializationError
+from .monitor import LoadGate, LoadMonitor
+from .progress import NullReporter
+from .store import ResultStore
+from .task import Batch, Chunk, Payload, Task, task_call
+
+__all__ = ["Chunker", "RunPlan", "Runner", "TaskSource"]
+
+logger = logging.getLogger("parallel_jobs")
+
+
+@attrs.frozen(slots=True)
+class RunPlan:
+    """Everything validated about the tasks of a run, ready to be turned into chunks.
+
+    Attributes:
+        njobs: the number of tasks.
+        iterarg: an indexable of per-task values, or None (no iterated positional value).
+        iterkwargs: a dict of equal-length indexables, a list of dicts, or None.
+        payload: what every task shares.
+    """
+
+    njobs: int
+    iterarg: Sequence[Any] | None
+    iterkwargs: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | None
+    payload: Payload
+    globaldict: Mapping[str, Any] | None = None
+
+    def task(self, index: int) -> Task:
+        """The :class:`Task` record of task ``index``."""
+        return next(iter(self.chunk([index]).tasks()))
+
+    def chunk(self, indices: Sequence[int]) -> Chunk:
+        """The chunk of the given tasks, with their per-task values."""
+        itervals: Sequence[Any] | None = None
+        if self.iterarg is not None:
+            if type(indices) is range and isinstance(self.iterarg, (list, tuple, range)):
+                itervals = self.iterarg[indices.start : indices.stop]
+            elif type(indices) is range and hasattr(self.iterarg, "__array__"):
+                itervals = list(self.iterarg[indices.start : indices.stop])
+            else:
+                itervals = [self.iterarg[i] for i in indices]
+        kwargs: list[Mapping[str, Any]] | None = None
+        if isinstance(self.iterkwargs, Mapping):
+            items = list(self.iterkwargs.items())
+            kwargs = [{key: values[i] for key, values in items} for i in indices]
+        elif self.iterkwargs is not None:
+            kwargs = [self.iterkwargs[i] for i in indices]
+        return Chunk(indices, itervals, kwargs)
+
+
+class TaskSource:
+    """Hands out the run's tasks lazily, as chunks of consecutive indices; retries go first."""
+
+    def __init__(self, njobs: int) -> None:
+        self.njobs = njobs
+        self.next_index = 0
+        self.retry: deque[int] = deque()
+
+    def has_more(self) -> bool:
+        return bool(self.retry) or self.next_index < self.njobs
+
+    def remaining(self) -> int:
+        return len(self.retry) + self.njobs - self.next_index
+
+    def take(self, size: int) -> Sequence[int]:
+        """Up to ``size`` task indices: requeued ones one by one, then fresh consecutive ones."""
+        if self.retry:
+            return [self.retry.popleft()]
+        start = self.next_index
+        self.next_index = min(self.njobs, start + size)
+        return range(start, self.next_index)
+
+    def cancel(self) -> None:
+        """Hand out nothing more."""
+        self.retry.clear()
+        self.next_index = self.njobs
+
+
+class Chunker:
+    """Sizes chunks from measured task durations.
+
+    Until a task has been timed, chunks hold one task. Then each chunk aims at ``target``
+    seconds of work, but never more than a quarter of a fair share of what remains, so the last
+    chunks shrink and every worker finishes at about the same time.
+
+    Example:
+        >>> chunker = Chunker(ncpus=2)
+        >>> chunker.size(remaining=200_000)
+        1
+        >>> chunker.observe(count=1, seconds=1e-6)
+        >>> chunker.size(remaining=200_000)
+        25000
+    """
+
+    def __init__(
+        self, ncpus: int, fixed: int | None = None, limit: int | None = None, target: float = 0.02
+    ) -> None:
+        self.ncpus = ncpus
+        self.fixed = fixed
+        self.limit = limit
+        self.target = target
+        self.mean: float | None = None
+
+    def observe(self, count: int, seconds: float) -> None:
+        """Learn from ``count`` tasks that took ``seconds`` in all."""
+        if count <= 0:
+            return
+        mean = max(seconds / count, 1e-9)
+        self.mean = mean if self.mean is None else 0.5 * self.mean + 0.5 * mean
+
+    def size(self, remaining: int) -> int:
+        """How many tasks the next chunk should hold."""
+        if self.fixed is not None:
+            size = self.fixed
+        elif self.mean is None:
+            size = 1
+        else:
+            fair = max(1, remaining // (4 * self.ncpus))
+            size = max(1, min(int(self.target / self.mean), fair))
+        if self.limit is not None:
+            size = min(size, self.limit)
+        return size
+
+
+Callback = Callable[[dict[str, Any]], Any]
+
+
+class Runner:
+    """Runs the tasks of a :class:`RunPlan` on a backend and fills a :class:`ResultStore`.
+
+    Args:
+        plan: the tasks.
+        backend: where they run.
+        store: where their outcomes go.
+        monitor: the load monitor (started and stopped by the Runner).
+        gate: admission control for ``maxcpu``/``maxmem``, or None.
+        reporter: the progress reporter.
+        die: stop at the first final failure.
+        retries: how many more times a failed task is run.
+        chunksize: a fixed chunk size, or None to size chunks automatically.
+        callback: called in this process after each task with a dict describing it.
+    """
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        backend: Backend,
+        store: ResultStore,
+        *,
+        monitor: LoadMonitor,
+        gate: LoadGate | None = None,
+        reporter: NullReporter | None = None,
+        die: bool = True,
+        retries: int = 0,
+        chunksize: int | None = None,
+        callback: Callback | None = None,
+        ncpus: int = 1,
+    ) -> None:
+        self.plan = plan
+        self.backend = backend
+        self.store = store
+        self.monitor = monitor
+        self.gate = gate
+        self.reporter = reporter or NullReporter()
+        self.collector = ExceptionCollector(die)
+        self.retries = retries
+        self.callback = callback
+        limit = 1 if gate is not None else backend.max_chunk
+        self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit)
+        self.source = TaskSource(plan.njobs)
+        self.stopped = False
+        self.payload = plan.payload
+        self.globaldict: Any = None
+
+    def run(self) -> None:
+        """Run every task (or until ``die`` or a callback stops the run); always clean up."""
+        abort = True
+        try:
+            if self.plan.globaldict is not None:
+                shared = self.backend.share_dict(self.plan.globaldict)
+                kwargs = {**self.payload.kwargs, "globaldict": shared}
+                self.payload = attrs.evolve(self.payload, kwargs=kwargs)
+            self.backend.start(self.payload)
+            self.monitor.start()
+            self.reporter.start(self.plan.njobs)
+            self._loop()
+            abort = False
+        finally:
+            self._finish(abort)
+
+    def _finish(self, abort: bool) -> None:
+        try:
+            shared = self.payload.kwargs.get("globaldict")
+            if shared is not None:
+                try:
+                    self.globaldict = dict(shared)
+                except Exception:
+                    self.globaldict = None
+        finally:
+            try:
+                self.backend.shutdown(abort=abort)
+            finally:
+                self.monitor.stop()
+                self.store.cancel_pending()
+                self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+                self.reporter.stop()
+
+    def _loop(self) -> None:
+        backend, source = self.backend, self.source
+        while True:
+            wake = self._dispatch()
+            if backend.in_flight() == 0:
+                if not source.has_more() or self.stopped:
+                    return
+                if wake is None:
+                    continue
+            waits = [w for w in (wake, self.reporter.wake_in()) if w is not None]
+            for batch in backend.collect(min(waits) if waits else None):
+                self._absorb(batch)
+            self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+
+    def _dispatch(self) -> float | None:
+        """Submit chunks while the backend has room; return seconds until the gate reopens."""
+        backend, source, gate = self.backend, self.source, self.gate
+        while not self.stopped and source.has_more() and backend.free_slots() > 0:
+            if gate is not None and not gate.admits(running=backend.in_flight()):
+                return max(0.0, gate.next_check - time.monotonic())
+            indices = source.take(self.chunker.size(source.remaining()))
+            chunk = self.plan.chunk(indices)
+            try:
+                backend.submit(chunk)
+            except SerializationError as error:
+                self._absorb(chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0))
+        return None
+
+    def _absorb(self, batch: Batch) -> None:
+        """Store a batch, decide retries, apply ``die`` and run the callback."""
+        store = self.store
+        final: set[int] = set()
+        for pos in batch.failures:
+            index = batch.indices[pos]
+            if store.attempts[index] < self.retries:
+                self.source.retry.append(index)
+                logger.info("task %d failed (attempt %d); retrying", index,
+                            store.attempts[index] + 1)
+            else:
+                final.add(index)
+        store.record(batch, final)
+        self.source.retry.extend(batch.requeue)
+        self.chunker.observe(len(batch.indices), sum(batch.elapsed))
+        for pos, failure in batch.failures.items():
+            index = batch.indices[pos]
+            if index in final:
+                self.collector.add(index, failure.exception, failure.traceback)
+        if self.callback is not None:
+            for pos, index in enumerate(batch.indices):
+                if pos in batch.failures and index not in final:
+                    continue
+                self._call_back(index)
+
+    def _call_back(self, index: int) -> None:
+        assert self.callback is not None
+        args, kwargs = task_call(self.payload, self.plan.task(index))
+        store = self.store
+        data: dict[str, Any] = {
+            "index": index,
+            "njobs": self.plan.njobs,
+            "args": args,
+            "kwargs": kwargs,
+            "globaldict": self.payload.kwargs.get("globaldict"),
+            "outdict": {
+                "result": store.values[index],
+                "success": store.state[index] == 1,
+                "exception": store.exception(index),
+                "elapsed": store.elapsed[index],
+            },
+            "stop": False,
+        }
+        self.callback(data)
+        if data["stop"]:
+            logger.info("the callback stopped the run after task %d", index)
+            self.stopped = True
+            self.source.cancel()

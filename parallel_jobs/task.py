@@ -1,0 +1,270 @@
+"""Immutable records that describe work and its outcome.
+
+``Task`` says what to run, ``TaskResult`` what happened. ``Payload`` is what every task shares
+(the function and the common arguments), sent to each worker once. ``Chunk`` and ``Batch`` are the
+wire formats between the Runner and a backend: a chunk is a run of tasks sent together, a batch is
+their outcomes, stored column-wise so that 100,000 tiny results cost a few arrays rather than
+100,000 objects.
+
+This module holds data and the rules for building a call from it; it starts no process and
+imports nothing from the parent side.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback as traceback_module
+from array import array
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Callable
+
+import attrs
+
+from .errors import RemoteTaskError
+
+__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "task_call"]
+
+
+@attrs.frozen(slots=True)
+class Task:
+    """One call of the function: its place in the input and its own arguments.
+
+    What all tasks share (the function, ``args``, ``kwargs``, ``globaldict``) lives in the run's
+    :class:`Payload`, not here.
+
+    Attributes:
+        index: position of the task in the input, from 0.
+        args: the task's own positional values (the ``iterarg`` item, unpacked if it is a tuple).
+        kwargs: the task's own keyword values (its ``iterkwargs`` entry), or None.
+
+    Example:
+        >>> Task(index=2, args=(5,))
+        Task(index=2, args=(5,), kwargs=None)
+    """
+
+    index: int
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(slots=True)
+class Payload:
+    """What every task of a run shares; it reaches each worker once.
+
+    Attributes:
+        func: the function to call.
+        args: positional arguments appended after each task's own values.
+        kwargs: keyword arguments for every task (``globaldict`` included when given);
+            a task's own keyword values win over these.
+    """
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Return the ``(args, kwargs)`` that calling ``task`` passes to the function.
+
+    Example:
+        >>> task_call(Payload(max, args=(10,), kwargs={}), Task(0, args=(3,)))
+        ((3, 10), {})
+    """
+    args = task.args + payload.args
+    kwargs = dict(payload.kwargs)
+    if task.kwargs:
+        kwargs.update(task.kwargs)
+    return args, kwargs
+
+
+def _as_args(value: Any) -> tuple[Any, ...]:
+    # sciris compatibility: a tuple item is unpacked into positional arguments.
+    return value if isinstance(value, tuple) else (value,)
+
+
+@attrs.frozen(slots=True)
+class Chunk:
+    """A run of tasks sent to one worker in one message.
+
+    Attributes:
+        indices: the task indices (a ``range`` when they are consecutive, which pickles in bytes).
+        itervals: the raw ``iterarg`` item of each task, or None when tasks take no iterated
+            positional value.
+        iterkwargs: the ``iterkwargs`` dict of each task, or None.
+    """
+
+    indices: Sequence[int]
+    itervals: Sequence[Any] | None = None
+    iterkwargs: Sequence[Mapping[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def tasks(self) -> Iterator[Task]:
+        """Yield the chunk's tasks as :class:`Task` records."""
+        for pos, index in enumerate(self.indices):
+            args = () if self.itervals is None else _as_args(self.itervals[pos])
+            kwargs = None if self.iterkwargs is None else self.iterkwargs[pos]
+            yield Task(index, args, kwargs)
+
+
+def _format_traceback(exc: BaseException) -> str:
+    return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) -> Failure:
+    exception: BaseException | None = None
+    if blob is not None:
+        try:
+            exception = pickle.loads(blob)
+        except Exception:
+            exception = None
+    if exception is None:
+        exception = RemoteTaskError(type_name, message, tb)
+    return Failure(exception, type_name, message, tb)
+
+
+def _dumps_exception(exc: BaseException) -> bytes | None:
+    exc_tb = exc.__traceback__
+    try:
+        # The traceback holds frames, which never pickle; the text travels separately.
+        exc.__traceback__ = None
+        try:
+            return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            import dill
+
+            return bytes(dill.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return None
+    finally:
+        exc.__traceback__ = exc_tb
+
+
+@attrs.frozen(slots=True)
+class Failure:
+    """An exception raised by a task, able to cross a process boundary.
+
+    In the process that caught it, ``exception`` is the original object. When pickled, the
+    exception travels as bytes beside its type name, message and traceback text; if it cannot be
+    pickled, or cannot be re-created on the other side, a :class:`RemoteTaskError` keeping that
+    text takes its place.
+    """
+
+    exception: BaseException
+    type_name: str
+    message: str
+    traceback: str
+
+    @classmethod
+    def capture(cls, exc: BaseException) -> Failure:
+        """Record ``exc`` with its formatted traceback."""
+        cls_ = type(exc)
+        return cls(exc, f"{cls_.__module__}.{cls_.__qualname__}", str(exc), _format_traceback(exc))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        blob = _dumps_exception(self.exception)
+        return (_rebuild_failure, (blob, self.type_name, self.message, self.traceback))
+
+
+_DOUBLE = "d"
+_INT64 = "q"
+
+
+def zeros(typecode: str, n: int) -> array[Any]:
+    """An ``array`` of ``n`` zeros, allocated in one step."""
+    return array(typecode, bytes(array(typecode).itemsize * n))
+
+
+@attrs.define(slots=True)
+class Batch:
+    """The outcomes of the tasks of one chunk, column-wise.
+
+    Times are ``time.perf_counter()`` readings of the worker, which on every supported platform
+    share their origin with the parent's. ``failures`` maps a position in ``indices`` to what that
+    task raised; the value at that position is None. ``requeue`` lists tasks of the chunk that
+    did not run (their worker died first) and must be dispatched again.
+    """
+
+    indices: Sequence[int]
+    values: list[Any]
+    started: array[float]
+    elapsed: array[float]
+    cpu_time: array[float]
+    peak_rss: array[int]
+    pid: int
+    failures: dict[int, Failure] = attrs.field(factory=dict)
+    requeue: Sequence[int] = ()
+
+    @classmethod
+    def empty(cls, indices: Sequence[int], pid: int) -> Batch:
+        """A batch for ``indices`` with every column zeroed, to be filled in."""
+        n = len(indices)
+        return cls(
+            indices=indices,
+            values=[None] * n,
+            started=zeros(_DOUBLE, n),
+            elapsed=zeros(_DOUBLE, n),
+            cpu_time=zeros(_DOUBLE, n),
+            peak_rss=zeros(_INT64, n),
+            pid=pid,
+        )
+
+    @classmethod
+    def lost(
+        cls,
+        index: int,
+        error: BaseException,
+        *,
+        pid: int,
+        started: float,
+        elapsed: float,
+        requeue: Sequence[int] = (),
+    ) -> Batch:
+        """A batch saying that task ``index`` failed with ``error`` outside the function itself
+        (its worker crashed or overran), and that ``requeue`` must run again."""
+        batch = cls.empty([index], pid)
+        batch.started[0] = started
+        batch.elapsed[0] = elapsed
+        batch.failures[0] = Failure.capture(error)
+        batch.requeue = requeue
+        return batch
+
+
+@attrs.frozen(slots=True)
+class TaskResult:
+    """What happened when a task ran.
+
+    Attributes:
+        index: position of the task in the input.
+        value: what the function returned (None if it failed or never ran).
+        success: True if the function returned.
+        exception: what it raised, or what stopped it (a crash, a timeout), else None.
+        traceback: the formatted traceback of ``exception``, or ``""``.
+        started: wall-clock time (``time.time()`` seconds) when the last attempt began.
+        finished: wall-clock time when it ended.
+        elapsed: seconds the last attempt ran.
+        cpu_time: user + system CPU seconds the last attempt used.
+        peak_rss: the worker's peak resident memory in bytes while the last attempt ran
+            (0 where the backend cannot tell).
+        pid: the process that ran it.
+        attempts: how many times it was run (more than 1 with ``retries``); 0 if never run.
+
+    Example:
+        >>> r = TaskResult(index=0, value=4, success=True)
+        >>> r.value, r.success
+        (4, True)
+    """
+
+    index: int
+    value: Any = None
+    success: bool = False
+    exception: BaseException | None = attrs.field(default=None, eq=False)
+    traceback: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    elapsed: float = 0.0
+    cpu_time: float = 0.0
+    peak_rss: int = 0
+    pid: int = 0
+    attempts: int = 0

@@ -1,0 +1,198 @@
+"""Code that runs where the tasks run: in a worker process, a thread, or the caller's own loop.
+
+:func:`run_chunk` calls the function for each task of a chunk and measures each call (wall time,
+CPU time, peak memory); every backend executes tasks through it, so all backends agree on how a
+call is built and what a result holds. :func:`worker_main` is the loop of one process of the
+default pool: receive a chunk, run it, send the batch back, until told to stop or the parent goes.
+
+This module must not import the parent side (runner, backends, Parallel): it is what a worker
+loads.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+from typing import Any
+
+from .errors import SerializationError
+from .task import Batch, Chunk, Failure, Payload
+
+__all__ = ["IDLE", "dumps", "encode_batch", "run_chunk", "worker_main"]
+
+try:
+    import resource
+
+    def _usage() -> tuple[float, int]:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        # ru_maxrss is in KiB on Linux, in bytes on macOS.
+        scale = 1 if sys.platform == "darwin" else 1024
+        return ru.ru_utime + ru.ru_stime, ru.ru_maxrss * scale
+
+except ImportError:  # pragma: no cover - Windows
+
+    def _usage() -> tuple[float, int]:
+        return time.process_time(), 0
+
+
+IDLE = 0.0
+"""The value of a worker's ``slot[1]`` (task start time) while no task is running."""
+
+
+class _PeakReset:
+    """Resets this process's peak-RSS mark (Linux), so each task's peak is its own."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.fd: int | None = None
+
+    def __call__(self) -> None:
+        if self.pid != os.getpid():
+            # /proc/self resolves when opened: a forked child must open its own.
+            self.pid = os.getpid()
+            try:
+                self.fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+            except OSError:
+                self.fd = None
+        if self.fd is not None:
+            try:
+                os.write(self.fd, b"5")
+            except OSError:
+                self.fd = None
+
+
+_reset_peak = _PeakReset()
+
+
+def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
+    """Run every task of ``chunk`` and return their outcomes.
+
+    A task's exception is recorded, never raised. ``slot``, when given, is a two-element shared
+    array that tells the parent which task is running and since when (``slot[1]`` is ``IDLE``
+    between chunks): that is how the parent times tasks out and names the task a crash killed,
+    without a message per task.
+
+    Example:
+        >>> batch = run_chunk(Payload(abs), Chunk(range(2), itervals=[-3, 4]))
+        >>> batch.values
+        [3, 4]
+    """
+    func = payload.func
+    shared_args = tuple(payload.args)
+    shared_kwargs = payload.kwargs
+    indices, itervals, iterkwargs = chunk.indices, chunk.itervals, chunk.iterkwargs
+    batch = Batch.empty(indices, os.getpid())
+    values, started, elapsed = batch.values, batch.started, batch.elapsed
+    cpu_time, peak_rss, failures = batch.cpu_time, batch.peak_rss, batch.failures
+    clock = time.perf_counter
+    cpu_before, peak_before = _usage()
+    for pos, index in enumerate(indices):
+        if itervals is None:
+            args: tuple[Any, ...] = shared_args
+        else:
+            value = itervals[pos]
+            args = value if isinstance(value, tuple) else (value,)
+            if shared_args:
+                args += shared_args
+        if iterkwargs is None:
+            kwargs = shared_kwargs
+        else:
+            kwargs = {**shared_kwargs, **iterkwargs[pos]}
+        t0 = clock()
+        if slot is not None:
+            slot[0] = index
+            slot[1] = t0
+        try:
+            values[pos] = func(*args, **kwargs)
+        except Exception as exc:
+            failures[pos] = Failure.capture(exc)
+        t1 = clock()
+        cpu_after, peak_after = _usage()
+        started[pos] = t0
+        elapsed[pos] = t1 - t0
+        cpu_time[pos] = cpu_after - cpu_before
+        peak_rss[pos] = peak_after
+        if peak_after > peak_before:
+            # This task raised the high-water mark: reset it so the next task's peak is its own.
+            _reset_peak()
+            cpu_before, peak_before = _usage()
+        else:
+            cpu_before = cpu_after
+    if slot is not None:
+        slot[1] = IDLE
+    return batch
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like."""
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import dill
+
+        return bytes(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _picklable(value: Any) -> Exception | None:
+    try:
+        dumps(value)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """Pickle ``batch``; a return value that cannot be pickled fails its own task only."""
+    try:
+        return dumps(batch)
+    except Exception:
+        pass
+    for pos, value in enumerate(batch.values):
+        error = _picklable(value)
+        if error is not None:
+            index = batch.indices[pos]
+            what = f"the return value of task {index} ({type(value).__qualname__})"
+            failure = SerializationError(what, f"{type(error).__name__}: {error}")
+            batch.values[pos] = None
+            batch.failures[pos] = Failure.capture(failure)
+    return dumps(batch)
+
+
+def _reseed_numpy(seed: int | None) -> None:
+    # Forked workers inherit the parent's NumPy RNG state; give each worker its own stream.
+    np = sys.modules.get("numpy")
+    if seed is not None and np is not None:
+        np.random.seed(seed % (2**32))
+
+
+def worker_main(conn: Any, payload: Payload | bytes, slot: Any, seed: int | None) -> None:
+    """Serve chunks from ``conn`` until it sends None or closes.
+
+    ``payload`` is the Payload itself when the worker was forked (inherited, never pickled), or
+    the bytes :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it.
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if isinstance(payload, bytes):
+        from ._shm import loads_payload
+
+        payload = loads_payload(payload)
+    assert isinstance(payload, Payload)
+    _reseed_numpy(seed)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        chunk = pickle.loads(message)
+        if chunk is None:
+            return
+        batch = run_chunk(payload, chunk, slot)
+        try:
+            conn.send_bytes(encode_batch(batch))
+        except (BrokenPipeError, OSError):
+            return
+

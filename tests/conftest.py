@@ -1,0 +1,52 @@
+"""Fixtures shared by every test: no test may leave a child process behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
+
+
+def _children() -> set[int]:
+    # Helper processes that outlive a test by design (a forkserver, a resource tracker) are
+    # started once per session; everything else is a leak.
+    keep = ("forkserver", "resource_tracker", "semaphore_tracker")
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if not any(k in cmdline for k in keep):
+            found.add(child.pid)
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fail a test that leaves a worker process running."""
+    before = _children()
+    yield
+    leftover = _children() - before
+    if leftover:
+        gone, alive = psutil.wait_procs([psutil.Process(p) for p in leftover if psutil.pid_exists(p)],
+                                        timeout=3)
+        for proc in alive:
+            proc.kill()
+        assert not alive, f"test left child processes running: {[p.pid for p in alive]}"
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Run a test under each process start method this platform has."""
+    return str(request.param)
