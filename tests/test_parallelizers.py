@@ -1,0 +1,189 @@
+"""Every ``parallelizer`` name, suffix and form gives the same results, each where it should run."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import psutil
+import pytest
+
+import parallel_jobs as pj
+from parallel_jobs import Parallel, parallelize
+from tests import jobs
+
+NAMES = {
+    None: "multiprocess",
+    "default": "multiprocess",
+    "robust": "multiprocess",
+    "multiprocess": "multiprocess",
+    "multiprocessing": "multiprocessing",
+    "fast": "concurrent.futures",
+    "concurrent": "concurrent.futures",
+    "concurrent.futures": "concurrent.futures",
+    "serial": "serial",
+    "thread": "thread",
+    "threadpool": "thread",
+}
+IN_PROCESS = ("serial", "thread")
+
+
+def _variants() -> list[tuple[str | None, str, str]]:
+    cases: list[tuple[str | None, str, str]] = [(None, "", "multiprocess")]
+    for name, method in NAMES.items():
+        if name is None:
+            continue
+        for suffix in ("", "-copy", "-async"):
+            if (method, suffix) != ("serial", "-async"):
+                cases.append((name, suffix, method))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix", "method"), _variants(),
+    ids=[f"{n}{s}" for n, s, _ in _variants()],
+)
+def test_every_name_gives_the_same_results(name: str | None, suffix: str, method: str) -> None:
+    parallelizer = None if name is None else name + suffix
+    P = Parallel(jobs.value_and_pid, [3, (4,), 5, 6], ncpus=2, parallelizer=parallelizer)
+    assert P.method == method
+    assert P.run() is P
+    assert P.results is not None
+    assert [value for value, _ in P.results] == [3, 4, 5, 6]
+    pids = {pid for _, pid in P.results}
+    if method in IN_PROCESS:
+        assert pids == {os.getpid()}
+    else:
+        assert os.getpid() not in pids
+    assert P.status == "done"
+
+
+def test_names_are_case_and_space_insensitive() -> None:
+    assert Parallel(jobs.square, [1], parallelizer=" Thread-Copy ").method == "thread"
+
+
+def test_async_alone_means_the_default_in_the_background() -> None:
+    P = Parallel(jobs.square, [1, 2], parallelizer="async")
+    assert (P.method, P.choice.is_async) == ("multiprocess", True)
+    assert P.run().results == [1, 4]
+
+
+def test_serial_true_means_serial_whatever_the_parallelizer() -> None:
+    P = Parallel(jobs.value_and_pid, [1, 2], serial=True, parallelizer="fast")
+    assert P.method == "serial"
+    assert P.run().results == [(1, os.getpid()), (2, os.getpid())]
+
+
+def _mutate(x: list[int]) -> int:
+    x.append(0)
+    return len(x)
+
+
+@pytest.mark.parametrize(
+    ("parallelizer", "copied"),
+    [("serial", False), ("serial-copy", True), ("thread", False), ("thread-copy", True)],
+)
+def test_copy_gives_each_task_its_own_arguments(parallelizer: str, copied: bool) -> None:
+    shared: list[int] = []
+    results = parallelize(_mutate, 3, args=[shared], ncpus=1, parallelizer=parallelizer)
+    if copied:
+        assert (results, shared) == ([1, 1, 1], [])
+    else:
+        assert (results, shared) == ([1, 2, 3], [0, 0, 0])
+
+
+def test_a_users_map_is_called_once_with_every_task() -> None:
+    calls: list[int] = []
+
+    def my_map(func: Any, items: list[Any]) -> list[Any]:
+        calls.append(len(items))
+        return [func(item) for item in items]
+
+    results = parallelize(jobs.multiply, iterkwargs={"x": [1, 2, 3], "y": [4, 5, 6]},
+                          parallelizer=my_map)
+    assert results == [4, 10, 18]
+    assert calls == [3]
+
+
+def test_a_users_map_that_drops_results_is_an_error() -> None:
+    with pytest.raises(ValueError, match="returned 1 results for 2 tasks"):
+        parallelize(jobs.square, [1, 2], parallelizer=lambda f, items: [f(items[0])])
+
+
+def test_a_users_map_task_failure_raises_its_own_type() -> None:
+    with pytest.raises(ValueError, match="task value 3 is bad"):
+        parallelize(jobs.fail_on, [1, 3], parallelizer=lambda f, items: list(map(f, items)))
+
+
+def _own_children() -> set[int]:
+    keep = ("forkserver", "resource_tracker", "semaphore_tracker")
+    found = set()
+    for child in psutil.Process().children():
+        try:
+            if not any(k in " ".join(child.cmdline()) for k in keep):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "multiprocessing"])
+def test_process_methods_run_on_the_runners_own_workers(
+    parallelizer: str, start_method: str
+) -> None:
+    seen: list[tuple[int, set[int]]] = []
+
+    def callback(data: dict[str, Any]) -> None:
+        # The callback runs in the parent while the run is live: the workers are its children.
+        seen.append((data["outdict"]["result"][1], _own_children()))
+
+    P = Parallel(jobs.value_and_pid, range(4), ncpus=2, parallelizer=parallelizer,
+                 start_method=start_method, callback=callback).run()
+    assert P.method == parallelizer
+    assert len(seen) == 4
+    for task_pid, children in seen:
+        assert task_pid in children
+        assert len(children) == 2  # the workers, and no manager or pool-helper process
+
+
+def _make_closure() -> Any:
+    offset = 100
+
+    def add_offset(x: int) -> int:
+        return x + offset
+
+    return add_offset
+
+
+@pytest.mark.parametrize("parallelizer", [None, "multiprocessing"])
+def test_lambdas_closures_and_local_functions_work(
+    parallelizer: str | None, start_method: str
+) -> None:
+    scale = 3
+
+    def local(x: int) -> int:
+        return x * scale
+
+    for func, expected in [
+        (lambda x: x - 1, [0, 1]),
+        (_make_closure(), [101, 102]),
+        (local, [3, 6]),
+    ]:
+        results = parallelize(func, [1, 2], ncpus=2, parallelizer=parallelizer,
+                              start_method=start_method)
+        assert results == expected
+
+
+def test_threads_run_concurrently() -> None:
+    barrier = threading.Barrier(2, timeout=10)
+    # Each task waits for the other: only two tasks running at once can get past the barrier.
+    results = parallelize(lambda x: barrier.wait() is not None and x, [1, 2], ncpus=2,
+                          parallelizer="thread")
+    assert results == [1, 2]
+
+
+def test_parallelizers_table_lists_every_name() -> None:
+    for name in NAMES:
+        if name is not None:
+            assert pj.PARALLELIZERS[name] == NAMES[name]

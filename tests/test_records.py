@@ -1,0 +1,106 @@
+"""``Task`` and ``TaskResult`` are frozen records: immutable, picklable, comparable, printable;
+and the ``TaskResult`` records of a real run describe what happened."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import attrs
+import pytest
+
+from parallel_jobs import Parallel, Task, TaskResult
+from tests import jobs
+
+
+def _records() -> list[Task | TaskResult]:
+    return [
+        Task(index=2, args=(5, "a"), kwargs={"y": 1}),
+        TaskResult(index=0, value=[1, 2], success=True, started=1.5, finished=2.0, elapsed=0.5,
+                   cpu_time=0.25, peak_rss=1024, pid=7, attempts=1),
+        TaskResult(index=1, exception=ValueError("bad"), traceback="Traceback ...", attempts=2),
+    ]
+
+
+@pytest.mark.parametrize("record", _records(), ids=["task", "result", "failure"])
+def test_records_are_immutable(record: Task | TaskResult) -> None:
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        record.index = 9  # type: ignore[misc]
+    with pytest.raises((AttributeError, TypeError)):
+        record.extra = 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("record", _records(), ids=["task", "result", "failure"])
+def test_records_pickle_and_compare_equal(record: Task | TaskResult) -> None:
+    copy = pickle.loads(pickle.dumps(record))
+    assert copy == record
+    assert type(copy) is type(record)
+    assert attrs.evolve(record, index=5) != record
+
+
+def test_failed_result_keeps_its_exception_through_pickling() -> None:
+    failed = _records()[2]
+    assert isinstance(failed, TaskResult)
+    copy = pickle.loads(pickle.dumps(failed))
+    assert isinstance(copy.exception, ValueError)
+    assert str(copy.exception) == "bad"
+
+
+def test_results_compare_by_value_not_by_exception_identity() -> None:
+    # Exceptions compare by identity; two records of the same failure must still be equal.
+    a = TaskResult(index=1, exception=ValueError("bad"))
+    b = TaskResult(index=1, exception=ValueError("bad"))
+    assert a == b
+
+
+@pytest.mark.parametrize("record", _records(), ids=["task", "result", "failure"])
+def test_records_print_every_field(record: Task | TaskResult) -> None:
+    text = repr(record)
+    assert text.startswith(f"{type(record).__name__}(index={record.index}")
+    for field in attrs.fields(type(record)):
+        assert f"{field.name}=" in text
+    assert str(record) == text
+
+
+def test_task_defaults() -> None:
+    assert Task(3) == Task(index=3, args=(), kwargs=None)
+
+
+def test_result_defaults_describe_a_task_that_never_ran() -> None:
+    never = TaskResult(index=4)
+    assert (never.value, never.success, never.exception, never.attempts) == (None, False, None, 0)
+
+
+def test_run_fills_one_record_per_task() -> None:
+    with pytest.warns(RuntimeWarning, match="2 of 3"):
+        P = Parallel(jobs.fail_on, [1, 3, 5], ncpus=2, die=False).run()
+    records = P.task_results
+    assert [r.index for r in records] == [0, 1, 2]
+    assert [r.value for r in records] == [1, None, 5]
+    assert [r.success for r in records] == [True, False, True]
+    assert records[0].exception is None
+    assert records[0].traceback == ""
+    assert isinstance(records[1].exception, ValueError)
+    assert "task value 3 is bad" in records[1].traceback
+    assert "fail_on" in records[1].traceback
+    for record in records:
+        assert record.attempts == 1
+        assert record.pid not in (0, os.getpid())
+        assert record.elapsed >= 0
+        assert record.cpu_time >= 0
+        assert record.peak_rss > 0
+        assert record.started <= record.finished
+        assert record.finished - record.started == pytest.approx(record.elapsed, abs=1e-6)
+        assert P.times.started.timestamp() - 1 < record.started < P.times.finished.timestamp() + 1
+    assert [r.elapsed for r in records] == P.times.jobs
+
+
+def test_records_of_a_run_pickle() -> None:
+    P = Parallel(jobs.square, [2, 3], parallelizer="serial").run()
+    records = P.task_results
+    assert pickle.loads(pickle.dumps(records)) == records
+    assert all(r.pid == os.getpid() for r in records)
+
+
+def test_no_records_before_a_run() -> None:
+    assert Parallel(jobs.square, [1]).task_results == []
