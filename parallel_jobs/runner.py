@@ -111,7 +111,14 @@ class Chunker:
 
     Until a task has been timed, chunks hold one task. Then each chunk aims at ``target``
     seconds of work, but never more than a quarter of a fair share of what remains, so the last
-    chunks shrink and every worker finishes at about the same time.
+    chunks shrink and every worker finishes at about the same time. Chunks never shrink below
+    ``floor`` seconds of work, though: a message round trip costs about a tenth of a
+    millisecond, so a tail of ever smaller chunks of tiny tasks would cost more in messages than
+    the imbalance (at most ``floor`` seconds) it saves.
+
+    The mean duration weighs each observation by its number of tasks, halving the weight of
+    older ones at each new chunk: the first one-task chunks, slowed by a cold worker, must not
+    shrink the chunks that follow, yet the sizing follows tasks whose durations drift.
 
     Example:
         >>> chunker = Chunker(ncpus=2)
@@ -119,24 +126,35 @@ class Chunker:
         1
         >>> chunker.observe(count=1, seconds=1e-6)
         >>> chunker.size(remaining=200_000)
-        25000
+        20000
+        >>> chunker.size(remaining=5_000)
+        2000
     """
 
     def __init__(
-        self, ncpus: int, fixed: int | None = None, limit: int | None = None, target: float = 0.02
+        self,
+        ncpus: int,
+        fixed: int | None = None,
+        limit: int | None = None,
+        target: float = 0.02,
+        floor: float = 0.002,
     ) -> None:
         self.ncpus = ncpus
         self.fixed = fixed
         self.limit = limit
         self.target = target
+        self.floor = floor
         self.mean: float | None = None
+        self._seconds = 0.0
+        self._count = 0.0
 
     def observe(self, count: int, seconds: float) -> None:
         """Learn from ``count`` tasks that took ``seconds`` in all."""
         if count <= 0:
             return
-        mean = max(seconds / count, 1e-9)
-        self.mean = mean if self.mean is None else 0.5 * self.mean + 0.5 * mean
+        self._seconds = 0.5 * self._seconds + seconds
+        self._count = 0.5 * self._count + count
+        self.mean = max(self._seconds / self._count, 1e-9)
 
     def size(self, remaining: int) -> int:
         """How many tasks the next chunk should hold."""
@@ -145,8 +163,9 @@ class Chunker:
         elif self.mean is None:
             size = 1
         else:
-            fair = max(1, remaining // (4 * self.ncpus))
-            size = max(1, min(int(self.target / self.mean), fair))
+            fair = remaining // (4 * self.ncpus)
+            size = max(min(int(self.target / self.mean), fair), int(self.floor / self.mean))
+            size = max(1, size)
         if self.limit is not None:
             size = min(size, self.limit)
         return size
@@ -277,7 +296,11 @@ class Runner:
                 final.add(index)
         store.record(batch, final)
         self.source.retry.extend(batch.requeue)
-        self.chunker.observe(len(batch.indices), sum(batch.elapsed))
+        if batch.started and batch.started[0]:
+            # The worker's span over the chunk, so per-task overhead counts as work too; a
+            # chunk that never ran (it could not be sent) teaches nothing.
+            span = batch.started[-1] + batch.elapsed[-1] - batch.started[0]
+            self.chunker.observe(len(batch.indices), span)
         for pos, failure in batch.failures.items():
             index = batch.indices[pos]
             if index in final:

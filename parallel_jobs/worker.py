@@ -21,7 +21,7 @@ from typing import Any
 from .errors import SerializationError
 from .task import Batch, Chunk, Failure, Payload
 
-__all__ = ["IDLE", "dumps", "encode_batch", "run_chunk", "worker_main"]
+__all__ = ["FINE", "IDLE", "UNMETERED_RUN", "dumps", "encode_batch", "run_chunk", "worker_main"]
 
 try:
     import resource
@@ -67,6 +67,16 @@ class _PeakReset:
 _reset_peak = _PeakReset()
 
 
+#: A task shorter than this (seconds of wall time) is not metered with ``getrusage``: the
+#: system call would cost more than the task. Its CPU time is booked as its wall time, and its
+#: peak RSS as the worker's current peak, which it cannot have raised measurably in that time.
+FINE = 20e-6
+
+#: At most this many unmetered tasks in a row, so the next metered task's CPU time (taken as a
+#: difference from the last reading) carries at most this many loop overheads of error.
+UNMETERED_RUN = 32
+
+
 def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     """Run every task of ``chunk`` and return their outcomes.
 
@@ -89,6 +99,8 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     cpu_time, peak_rss, failures = batch.cpu_time, batch.peak_rss, batch.failures
     clock = time.perf_counter
     cpu_before, peak_before = _usage()
+    # Wall time of the tasks since the last reading, already booked as their CPU time.
+    unmetered_wall, unmetered = 0.0, 0
     for pos, index in enumerate(indices):
         if itervals is None:
             args: tuple[Any, ...] = shared_args
@@ -97,10 +109,7 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
             args = value if isinstance(value, tuple) else (value,)
             if shared_args:
                 args += shared_args
-        if iterkwargs is None:
-            kwargs = shared_kwargs
-        else:
-            kwargs = {**shared_kwargs, **iterkwargs[pos]}
+        kwargs = shared_kwargs if iterkwargs is None else {**shared_kwargs, **iterkwargs[pos]}
         t0 = clock()
         if slot is not None:
             slot[0] = index
@@ -109,12 +118,19 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
             values[pos] = func(*args, **kwargs)
         except Exception as exc:
             failures[pos] = Failure.capture(exc)
-        t1 = clock()
-        cpu_after, peak_after = _usage()
+        wall = clock() - t0
         started[pos] = t0
-        elapsed[pos] = t1 - t0
-        cpu_time[pos] = cpu_after - cpu_before
+        elapsed[pos] = wall
+        if wall < FINE and unmetered < UNMETERED_RUN:
+            cpu_time[pos] = wall
+            peak_rss[pos] = peak_before
+            unmetered_wall += wall
+            unmetered += 1
+            continue
+        cpu_after, peak_after = _usage()
+        cpu_time[pos] = max(0.0, cpu_after - cpu_before - unmetered_wall)
         peak_rss[pos] = peak_after
+        unmetered_wall, unmetered = 0.0, 0
         if peak_after > peak_before:
             # This task raised the high-water mark: reset it so the next task's peak is its own.
             _reset_peak()
