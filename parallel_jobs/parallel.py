@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -273,17 +275,22 @@ class Parallel:
     @property
     def running(self) -> bool:
         """Whether tasks are running now."""
-        return getattr(self, "_status", _NOT_RUN) == _RUNNING
+        if getattr(self, "_status", _NOT_RUN) != _RUNNING:
+            return False
+        # A background run has ended when its thread has, even before finalize() gathers it.
+        thread = self._thread
+        return thread is None or thread.is_alive()
 
     @property
     def ready(self) -> bool:
-        """Whether a run has finished and its results are available."""
-        return self._status == _DONE
+        """Whether a run has finished: its results are available, or (after
+        :meth:`run_async`) :meth:`finalize` will return at once."""
+        return self._status != _NOT_RUN and not self.running
 
     @property
     def status(self) -> str:
         """'not run', 'running' or 'done'."""
-        return self._status
+        return _DONE if self.ready else self._status
 
     @property
     def task_results(self) -> list[TaskResult]:
@@ -434,7 +441,21 @@ class Parallel:
                 f"only {succeeded} of {ran} tasks succeeded; see the exceptions attribute "
                 "(or task_results) for what failed"
             )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning, issued by this function's caller, point at the
+    user's line: run(), finalize() and parallelize() reach the warning by different paths."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:

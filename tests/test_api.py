@@ -1,0 +1,520 @@
+"""``parallelize`` and ``Parallel`` behave as ``sciris.parallelize`` documents, on real processes.
+
+The six examples of the sciris documentation come first, written as they are there.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import parallel_jobs as pj
+from parallel_jobs import Parallel, parallelize
+from tests import jobs
+
+sc = pj  # the examples read as in the sciris documentation
+
+
+# -- the sciris examples ------------------------------------------------------------------------
+# Their functions are at module level, as in a script: example 5 pickles them with the stdlib.
+
+
+def f(x: Any, y: Any = None) -> Any:
+    return x * x if y is None else x * y
+
+
+def rnd() -> float:
+    return float(np.random.random())
+
+
+def myfunc(i: int, x: float, y: float) -> list[Any]:
+    xy = [x + i * np.random.randn(100), y + i * np.random.randn(100)]
+    return xy
+
+
+def f_repeat(x: Any, y: int) -> list[Any]:
+    return [x] * y
+
+
+def dask_map(task: Any, argslist: list[Any]) -> list[Any]:
+    import dask
+
+    queued = [dask.delayed(task)(args) for args in argslist]
+    return list(dask.compute(*queued))
+
+
+def test_example_1_simple_usage() -> None:
+    results = sc.parallelize(f, [1, 2, 3])
+    assert results == [1, 4, 9]
+
+
+def test_example_2_embarrassingly_parallel() -> None:
+    results = sc.parallelize(rnd, 10, ncpus=4)
+    assert len(results) == 10
+    assert all(0 <= r < 1 for r in results)
+    assert len(set(results)) == 10  # every worker draws its own numbers
+
+
+def test_example_3_three_equivalent_ways() -> None:
+    results1 = sc.parallelize(func=f, iterarg=[(1, 2), (2, 3), (3, 4)])
+    results2 = sc.parallelize(func=f, iterkwargs={"x": [1, 2, 3], "y": [2, 3, 4]})
+    results3 = sc.parallelize(
+        func=f, iterkwargs=[{"x": 1, "y": 2}, {"x": 2, "y": 3}, {"x": 3, "y": 4}]
+    )
+    assert results1 == results2 == results3
+    assert results1 == [2, 6, 12]
+
+
+@pytest.mark.timeout(30)
+def test_example_4_non_iterated_arguments_and_load_balancing() -> None:
+    xylist1 = sc.parallelize(
+        myfunc, iterarg=range(5), kwargs={"x": 3, "y": 8}, maxcpu=0.8, interval=0.2
+    )
+    xylist2 = sc.parallelize(myfunc, x=5, y=10, iterarg=[0, 1, 2],
+                             parallelizer="multiprocessing")
+    for xylist, njobs, centre in [(xylist1, 5, (3, 8)), (xylist2, 3, (5, 10))]:
+        assert len(xylist) == njobs
+        for i, xy in enumerate(xylist):
+            assert len(xy) == 2
+            assert [a.shape for a in xy] == [(100,), (100,)]
+            if i == 0:  # run 0 has no noise: its points sit exactly on (x, y)
+                assert np.all(xy[0] == centre[0])
+                assert np.all(xy[1] == centre[1])
+
+
+def test_example_5_custom_parallelization_function() -> None:
+    pool = mp.Pool(processes=2)
+    try:
+        results = sc.parallelize(f_repeat, iterkwargs=dict(x=[1, 2, 3], y=[4, 5, 6]),
+                                 parallelizer=pool.map)
+    finally:
+        pool.close()
+        pool.join()
+    assert results == [[1] * 4, [2] * 5, [3] * 6]
+
+
+def test_example_6_dask() -> None:
+    results = sc.parallelize(f_repeat, iterkwargs=dict(x=[1, 2, 3], y=[4, 5, 6]),
+                             parallelizer=dask_map)
+    assert results == [[1] * 4, [2] * 5, [3] * 6]
+
+
+# -- iterarg, iterkwargs, args, kwargs -----------------------------------------------------------
+
+
+def _gen() -> Any:
+    yield from (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "iterarg",
+    [[1, 2, 3], (1, 2, 3), range(1, 4), np.array([1, 2, 3]), _gen()],
+    ids=["list", "tuple", "range", "ndarray", "generator"],
+)
+def test_iterarg_of_any_iterable(iterarg: Any) -> None:
+    assert parallelize(jobs.square, iterarg, ncpus=2) == [1, 4, 9]
+
+
+def test_iterarg_results_keep_input_order_whatever_the_finishing_order() -> None:
+    delays = [0.2, 0.0, 0.1, 0.0]
+    assert parallelize(jobs.sleep_for, delays, ncpus=2) == delays
+
+
+def test_iterarg_of_many_tasks_keeps_input_order() -> None:
+    assert parallelize(jobs.square, range(5000)) == [x * x for x in range(5000)]
+
+
+def test_iterarg_int_runs_the_function_that_many_times_without_argument() -> None:
+    assert parallelize(jobs.no_args, 4) == [42] * 4
+    assert parallelize(jobs.no_args, np.int64(2)) == [42] * 2
+
+
+def test_iterarg_tuple_item_is_unpacked_other_items_are_not() -> None:
+    assert parallelize(jobs.multiply, [(2, 3), (4, 5)]) == [6, 20]
+    assert parallelize(len, [[1, 2, 3], "ab"]) == [3, 2]
+
+
+def test_iterkwargs_dict_of_iterables_and_list_of_dicts() -> None:
+    columns = {"x": np.array([1, 2]), "y": (y for y in [3, 4])}
+    assert parallelize(jobs.multiply, iterkwargs=columns) == [3, 8]
+    assert parallelize(jobs.multiply, iterkwargs=[{"x": 1, "y": 3}, {"y": 4, "x": 2}]) == [3, 8]
+
+
+def test_iterkwargs_together_with_iterarg() -> None:
+    assert parallelize(jobs.repeat, iterarg=["a", "b"], iterkwargs={"y": [1, 2]}) == [
+        ["a"], ["b", "b"]]
+    assert parallelize(jobs.repeat, iterarg=["a", "b"], iterkwargs=[{"y": 2}, {"y": 1}]) == [
+        ["a", "a"], ["b"]]
+
+
+def test_args_and_kwargs_are_the_same_for_every_task() -> None:
+    results = parallelize(jobs.add_all, iterarg=[1, 2], args=[10, 100], kwargs={"a": 1000})
+    assert results == [1111, 1112]
+    assert parallelize(jobs.add_all, iterarg=[1, 2], args=10) == [11, 12]
+
+
+def test_func_kwargs_merge_into_kwargs_and_per_task_values_win() -> None:
+    captured = parallelize(
+        dict, iterkwargs=[{"a": "task0"}, {"b": "task1"}], kwargs={"a": "kwargs", "b": "kwargs",
+                                                                   "c": "kwargs"}, c="func_kwargs"
+    )
+    assert captured == [
+        {"a": "task0", "b": "kwargs", "c": "func_kwargs"},
+        {"a": "kwargs", "b": "task1", "c": "func_kwargs"},
+    ]
+
+
+# -- ncpus -----------------------------------------------------------------------------------------
+
+
+def test_ncpus_none_means_every_usable_cpu() -> None:
+    assert Parallel(jobs.square, range(1000)).ncpus == pj.cpu_count()
+
+
+@pytest.mark.parametrize(("fraction", "share"), [(0.5, 0.5), (0.01, 0.01), (0.99, 0.99)])
+def test_ncpus_fraction_rounds_up(fraction: float, share: float) -> None:
+    assert Parallel(jobs.square, range(1000), ncpus=fraction).ncpus == math.ceil(
+        pj.cpu_count() * share)
+
+
+def test_ncpus_is_capped_at_the_number_of_tasks() -> None:
+    assert Parallel(jobs.square, range(3), ncpus=16).ncpus == 3
+    assert Parallel(jobs.square, range(30), ncpus=16).ncpus == 16
+
+
+def test_ncpus_is_the_number_of_workers() -> None:
+    seen: list[int] = []
+    parallelize(jobs.value_and_pid, range(6), ncpus=1,
+                callback=lambda data: seen.append(data["outdict"]["result"][1]))
+    assert len(set(seen)) == 1
+
+
+# -- globaldict ------------------------------------------------------------------------------------
+
+
+def _count_children() -> int:
+    keep = ("forkserver", "resource_tracker", "semaphore_tracker")
+    count = 0
+    for child in psutil.Process().children():
+        try:
+            count += not any(k in " ".join(child.cmdline()) for k in keep)
+        except psutil.Error:
+            continue
+    return count
+
+
+def test_globaldict_is_shared_by_every_task(start_method: str) -> None:
+    children: list[int] = []
+    P = Parallel(jobs.count_in_globaldict, [1, 2, 3], ncpus=1, globaldict={"seed": 0},
+                 start_method=start_method, callback=lambda _: children.append(_count_children()))
+    P.run()
+    # Each task sees the writes of the tasks before it.
+    assert P.results == [2, 3, 4]
+    assert P.globaldict == {"seed": 0, 1: 10, 2: 20, 3: 30}
+    assert children == [2, 2, 2]  # the worker, and the manager that serves the dict
+
+
+@pytest.mark.parametrize("parallelizer", ["serial", "thread"])
+def test_globaldict_in_process_is_a_plain_shared_dict(parallelizer: str) -> None:
+    shared: dict[Any, Any] = {}
+    P = Parallel(jobs.count_in_globaldict, [1, 2, 3], ncpus=1, globaldict=shared,
+                 parallelizer=parallelizer).run()
+    assert P.results == [1, 2, 3]
+    assert P.globaldict == {1: 10, 2: 20, 3: 30}
+
+
+def test_no_globaldict_no_manager_process() -> None:
+    children: list[int] = []
+    parallelize(jobs.square, range(3), ncpus=1,
+                callback=lambda _: children.append(_count_children()))
+    assert children == [1, 1, 1]
+
+
+def test_no_globaldict_keyword_when_not_given() -> None:
+    assert parallelize(jobs.count_in_globaldict, [1], globaldict={}) == [1]
+    with pytest.raises(TypeError, match="globaldict"):
+        parallelize(jobs.count_in_globaldict, [1])
+
+
+# -- callback --------------------------------------------------------------------------------------
+
+
+def test_callback_is_called_once_per_task_with_what_happened() -> None:
+    calls: list[dict[str, Any]] = []
+    with pytest.warns(RuntimeWarning, match="2 of 3"):
+        parallelize(jobs.fail_on, [1, 3, 5], kwargs={"bad": 3}, ncpus=2, die=False,
+                    callback=calls.append)
+    by_index = {data["index"]: data for data in calls}
+    assert sorted(by_index) == [0, 1, 2]
+    assert len(calls) == 3
+    for index, value in enumerate([1, 3, 5]):
+        data = by_index[index]
+        assert data["njobs"] == 3
+        assert data["args"] == (value,)
+        assert data["kwargs"] == {"bad": 3}
+        assert data["globaldict"] is None
+        outdict = data["outdict"]
+        assert set(outdict) == {"result", "success", "exception", "elapsed"}
+        assert outdict["elapsed"] >= 0
+        if value == 3:
+            assert outdict["result"] is None
+            assert outdict["success"] is False
+            assert isinstance(outdict["exception"], ValueError)
+        else:
+            assert outdict["result"] == value
+            assert outdict["success"] is True
+            assert outdict["exception"] is None
+
+
+def test_callback_sees_the_globaldict() -> None:
+    sizes: list[int] = []
+    parallelize(jobs.count_in_globaldict, [1, 2], ncpus=1, globaldict={},
+                callback=lambda data: sizes.append(len(data["globaldict"])))
+    assert sizes == [1, 2]
+
+
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "serial", "thread"])
+def test_callback_stop_starts_no_further_tasks(parallelizer: str) -> None:
+    def stop_after_first(data: dict[str, Any]) -> None:
+        data["stop"] = True
+
+    P = Parallel(jobs.square, range(50), ncpus=1, chunksize=1, parallelizer=parallelizer,
+                 callback=stop_after_first).run()
+    assert P.results == [0] + [None] * 49
+    assert P.success == [True] + [False] * 49
+    assert P.skipped == [False] + [True] * 49
+    assert P.status == "done"
+
+
+# -- progress, load limits -------------------------------------------------------------------------
+
+
+def test_progress_bar_is_drawn_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    assert parallelize(jobs.square, [1, 2, 3], progress=True, label="squares") == [1, 4, 9]
+    captured = capfd.readouterr()
+    assert "squares" in captured.err
+    assert "3/3" in captured.err
+    assert captured.out == ""
+
+
+def test_no_progress_draws_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    parallelize(jobs.square, [1, 2, 3])
+    assert capfd.readouterr() == ("", "")
+
+
+def _overlaps(records: list[pj.TaskResult]) -> bool:
+    spans = sorted((r.started, r.finished) for r in records)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+@pytest.mark.timeout(20)
+def test_maxmem_below_current_use_holds_tasks_back() -> None:
+    # Memory use is always above 0.01%: the gate refuses every task while another runs.
+    P = Parallel(jobs.sleep_for, [0.05] * 4, ncpus=2, maxmem=0.0001, interval=0.01).run()
+    assert P.results == [0.05] * 4
+    assert not _overlaps(P.task_results)
+
+
+@pytest.mark.timeout(20)
+def test_maxcpu_percentage_above_use_lets_tasks_run_together() -> None:
+    P = Parallel(jobs.sleep_for, [0.5] * 2, ncpus=2, maxcpu=100, maxmem=100, interval=0.01).run()
+    assert (P.maxcpu, P.maxmem) == (1.0, 1.0)
+    assert _overlaps(P.task_results)
+
+
+@pytest.mark.timeout(20)
+def test_interval_spaces_task_starts() -> None:
+    P = Parallel(jobs.sleep_for, [0.5] * 2, ncpus=2, maxcpu=1.0, interval=0.3).run()
+    first, second = sorted(r.started for r in P.task_results)
+    assert second - first >= 0.3 - 0.01
+
+
+# -- die -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(15)
+def test_die_stops_promptly_and_raises_the_tasks_own_exception() -> None:
+    P = Parallel(jobs.fail_first_else_sleep, range(4), ncpus=2)
+    with pytest.raises(KeyError, match="task 0 fails at once") as info:
+        P.run()
+    assert type(info.value) is KeyError
+    cause = info.value.__cause__
+    assert isinstance(cause, pj.RemoteTraceback)
+    assert "Task 0 raised this in its worker" in str(cause)
+    assert "fail_first_else_sleep" in str(cause)
+    if sys.version_info >= (3, 11):
+        assert info.value.__notes__ == [
+            "parallel_jobs: raised by task 0; pass die=False to run every task regardless"]
+    assert P.status == "done"
+    assert P.success is not None
+    assert P.success[0] is False
+    assert P.skipped is not None
+    assert sum(P.skipped) >= 2  # at most one task was started beside the failing one
+
+
+def test_die_false_runs_every_task_and_warns_once() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        P = Parallel(jobs.fail_on, [3, 1, 3, 2], ncpus=2, die=False).run()
+    assert [str(w.message) for w in caught if w.category is RuntimeWarning] == [
+        "only 2 of 4 tasks succeeded; see the exceptions attribute (or task_results) for what "
+        "failed"]
+    assert len(caught) == 1
+    assert P.results == [None, 1, None, 2]
+    assert P.success == [False, True, False, True]
+    assert P.exceptions is not None
+    assert [type(e) for e in P.exceptions] == [ValueError, type(None), ValueError, type(None)]
+    assert str(P.exceptions[0]) == "task value 3 is bad"
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda: parallelize(jobs.fail_on, [3, 1], die=False),
+        lambda: Parallel(jobs.fail_on, [3, 1], die=False).run(),
+        lambda: Parallel(jobs.fail_on, [3, 1], die=False, parallelizer="thread-async").run(),
+        lambda: Parallel(jobs.fail_on, [3, 1], die=False).run_async().finalize(),
+    ],
+    ids=["parallelize", "run", "async-parallelizer", "run_async"],
+)
+def test_die_false_warning_points_at_the_callers_line(run: Any) -> None:
+    with pytest.warns(RuntimeWarning, match="only 1 of 2") as record:
+        run()
+    assert len(record) == 1
+    assert record[0].filename == __file__
+
+
+def test_die_false_with_every_task_succeeding_does_not_warn() -> None:
+    P = Parallel(jobs.fail_on, [1, 2], die=False).run()
+    assert P.success == [True, True]
+    assert P.exceptions == [None, None]
+
+
+def test_die_false_parallelize_returns_none_for_failures() -> None:
+    with pytest.warns(RuntimeWarning, match="only 1 of 2 tasks succeeded"):
+        assert parallelize(jobs.fail_on, [3, 4], die=False) == [None, 4]
+
+
+# -- the Parallel object ---------------------------------------------------------------------------
+
+
+def test_parallel_attributes_after_a_run() -> None:
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2, label="squares")
+    assert (P.njobs, P.ncpus, P.method, P.label) == (3, 2, "multiprocess", "squares")
+    assert (P.status, P.running, P.ready) == ("not run", False, False)
+    assert P.results is None
+    assert P.times == {"started": None, "finished": None, "elapsed": None, "jobs": None}
+    assert P.run() is P
+    assert (P.status, P.running, P.ready) == ("done", False, True)
+    assert P.results == [1, 4, 9]
+    assert P.success == [True, True, True]
+    assert P.exceptions == [None, None, None]
+    assert set(P.times) == {"started", "finished", "elapsed", "jobs"}
+    assert P.times.started <= P.times.finished
+    assert P.times.elapsed == P.times["elapsed"] > 0
+    assert (P.times.finished - P.times.started).total_seconds() == pytest.approx(
+        P.times.elapsed, abs=0.05)
+    assert len(P.times.jobs) == 3
+    assert all(t >= 0 for t in P.times.jobs)
+    assert [r.value for r in P.task_results] == [1, 4, 9]
+    with pytest.raises(AttributeError):
+        _ = P.times.nonexistent
+
+
+def test_parallel_repr_is_short() -> None:
+    P = Parallel(jobs.square, [1, 2], ncpus=2, label="sq")
+    assert repr(P) == "Parallel('sq', jobs=2, cpus=2, method='multiprocess', status='not run')"
+    P.run()
+    assert repr(P) == "Parallel('sq', jobs=2, cpus=2, method='multiprocess', status='done')"
+    assert repr(Parallel(jobs.square, [1], serial=True)) == (
+        "Parallel(jobs=1, cpus=1, method='serial', status='not run')")
+
+
+def test_parallel_disp_prints_configuration_and_outcome(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    P = Parallel(jobs.square, [1, 2], label="sq", serial=True)
+    P.disp()
+    before = capsys.readouterr().out
+    assert "njobs" in before
+    assert "'serial'" in before
+    assert "succeeded" not in before
+    P.run().disp()
+    after = capsys.readouterr().out
+    assert "2 of 2" in after
+    assert "'done'" in after
+
+
+def test_parallel_runs_twice() -> None:
+    P = Parallel(jobs.value_and_pid, [1, 2], ncpus=2)
+    first = P.run().results
+    started = P.times.started
+    second = P.run().results
+    assert first is not None
+    assert second is not None
+    assert [v for v, _ in first] == [v for v, _ in second] == [1, 2]
+    assert {p for _, p in first}.isdisjoint({p for _, p in second})  # fresh workers each run
+    assert P.times.started > started
+
+
+def test_reset_forgets_the_run() -> None:
+    P = Parallel(jobs.square, [1, 2]).run()
+    P.reset()
+    assert (P.status, P.results, P.success, P.task_results) == ("not run", None, None, [])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "thread"])
+def test_run_async_runs_in_the_background(tmp_path: Path, parallelizer: str) -> None:
+    gate = tmp_path / "go"
+    P = Parallel(jobs.wait_for_path, [1, 2, 3], path=str(gate), ncpus=2,
+                 parallelizer=parallelizer)
+    assert P.run_async() is P
+    # The tasks cannot finish until the file exists: the run is observably in progress.
+    assert (P.status, P.running, P.ready, P.results) == ("running", True, False, None)
+    with pytest.raises(RuntimeError, match="already running"):
+        P.run()
+    with pytest.raises(RuntimeError, match="running"):
+        P.reset()
+    gate.touch()
+    assert P.finalize() is P
+    assert (P.status, P.running, P.ready, P.results) == ("done", False, True, [1, 2, 3])
+    assert P.finalize() is P  # finalizing twice is harmless
+
+
+@pytest.mark.timeout(30)
+def test_monitor_follows_a_background_run(tmp_path: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    gate = tmp_path / "go"
+    gate.touch()
+    P = Parallel(jobs.wait_for_path, [1, 2], path=str(gate), ncpus=2, label="watched")
+    P.run_async()
+    P.monitor(interval=0.01)
+    # The run has ended; its results wait for finalize(), as with sciris.
+    assert (P.status, P.running, P.ready, P.results) == ("done", False, True, None)
+    assert P.finalize().results == [1, 2]
+    assert "watched" in capfd.readouterr().err
+
+
+@pytest.mark.timeout(15)
+def test_finalize_raises_a_background_runs_error() -> None:
+    P = Parallel(jobs.fail_first_else_sleep, range(3), ncpus=2).run_async()
+    with pytest.raises(KeyError, match="task 0 fails at once"):
+        P.finalize()
+    assert P.status == "done"
+    assert P.success is not None
+    assert P.success[0] is False
+
+
+def test_async_parallelizer_runs_through_run_async() -> None:
+    P = Parallel(jobs.square, [1, 2], parallelizer="thread-async")
+    assert P.run().results == [1, 4]
+    assert P.status == "done"
