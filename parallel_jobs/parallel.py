@@ -25,7 +25,7 @@ from .backends import Choice, resolve
 from .backends.base import BackendOptions
 from .monitor import LoadGate, LoadMonitor, LoadSample
 from .progress import make_reporter
-from .runner import RunPlan, Runner
+from .runner import Runner, RunPlan
 from .store import CANCELLED, SUCCEEDED, ResultStore
 from .task import Payload, TaskResult
 
@@ -34,7 +34,7 @@ __all__ = ["Parallel", "parallelize"]
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
-class Times(dict):  # type: ignore[type-arg]
+class Times(dict[str, Any]):
     """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``)."""
 
     def __getattr__(self, name: str) -> Any:
@@ -46,10 +46,10 @@ class Times(dict):  # type: ignore[type-arg]
 
 def _indexable(values: Any, name: str) -> Sequence[Any]:
     """``values`` if it can be indexed and measured, else a list of it (generators, sets)."""
-    if isinstance(values, (str, bytes)) or isinstance(values, Mapping):
+    if isinstance(values, (str, bytes, Mapping)):
         return list(values)
     if hasattr(values, "__getitem__") and hasattr(values, "__len__"):
-        return values  # type: ignore[no-any-return]
+        return values
     if isinstance(values, Iterable):
         return list(values)
     msg = f"{name} must be iterable or an integer, not {type(values).__name__}"
@@ -63,7 +63,8 @@ def _fraction(value: Any, name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, Real):
         msg = f"{name} must be a number, not {type(value).__name__}"
         raise TypeError(msg)
-    fraction = float(value) / 100 if value > 1 else float(value)
+    number = float(value)
+    fraction = number / 100 if number > 1 else number
     if not 0 < fraction <= 1:
         msg = f"{name} must be a fraction in (0, 1] or a percentage in (1, 100], not {value!r}"
         raise ValueError(msg)
@@ -76,7 +77,7 @@ def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
         what = "an integer" if integer else "a number"
         msg = f"{name} must be {what}, not {type(value).__name__}"
         raise TypeError(msg)
-    if not value > 0:
+    if not float(value) > 0:
         msg = f"{name} must be positive, not {value!r}"
         raise ValueError(msg)
     return value
@@ -166,10 +167,10 @@ class Parallel:
         if isinstance(retries, bool) or not isinstance(retries, Integral) or retries < 0:
             msg = f"retries must be a whole number >= 0, not {retries!r}"
             raise ValueError(msg)
-        self.retries = int(retries)
-        self.chunksize = None if chunksize is None else int(
+        self.retries: int = int(retries)
+        self.chunksize: int | None = None if chunksize is None else int(
             _positive(chunksize, "chunksize", integer=True))
-        self.start_method = self._check_start_method(start_method)
+        self.start_method: str | None = self._check_start_method(start_method)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -233,10 +234,11 @@ class Parallel:
             if isinstance(ncpus, bool) or not isinstance(ncpus, Real):
                 msg = f"ncpus must be a number, not {type(ncpus).__name__}"
                 raise TypeError(msg)
-            if ncpus <= 0:
+            share = float(ncpus)
+            if share <= 0:
                 msg = f"ncpus must be positive (a count, or a fraction below 1), not {ncpus!r}"
                 raise ValueError(msg)
-            count = math.ceil(available * ncpus) if ncpus < 1 else int(ncpus)
+            count = math.ceil(available * share) if share < 1 else int(share)
         return max(1, min(count, self.njobs))
 
     @staticmethod
@@ -389,16 +391,15 @@ class Parallel:
         """Show a progress bar for a background run until it finishes (then call finalize)."""
         if self._thread is None:
             return
-        from .progress import ProgressReporter
-
-        store = self._store
-        assert store is not None
-        reporter = ProgressReporter(self.label)
+        store, runner = self._store, self._runner
+        assert store is not None and runner is not None
+        # With progress=True the run already draws this bar; a second one would garble both.
+        reporter = make_reporter(not self.progress, self.label)
         reporter.start(self.njobs)
         try:
             while self._thread.is_alive():
                 self._thread.join(interval)
-                reporter.update(store.done, store.failed)
+                reporter.update(store.done, store.failed, runner.monitor.latest)
         finally:
             reporter.stop()
 
@@ -422,7 +423,8 @@ class Parallel:
     def _complete(self) -> None:
         """Turn the store into results, success, exceptions and times."""
         store, runner = self._store, self._runner
-        assert store is not None and runner is not None
+        assert store is not None
+        assert runner is not None
         self.results = list(store.values)
         self.success = [state == SUCCEEDED for state in store.state]
         self.skipped = [state == CANCELLED for state in store.state]

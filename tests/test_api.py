@@ -5,6 +5,7 @@ The six examples of the sciris documentation come first, written as they are the
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing as mp
 import sys
@@ -312,7 +313,7 @@ def test_no_progress_draws_nothing(capfd: pytest.CaptureFixture[str]) -> None:
 
 def _overlaps(records: list[pj.TaskResult]) -> bool:
     spans = sorted((r.started, r.finished) for r in records)
-    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 @pytest.mark.timeout(20)
