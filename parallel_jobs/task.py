@@ -15,8 +15,8 @@ from __future__ import annotations
 import pickle
 import traceback as traceback_module
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -231,6 +231,23 @@ class Batch:
         return batch
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether two return values are equal, also when ``==`` compares element-wise (arrays)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except ValueError:  # an element-wise result has no single truth value
+        pass
+    if isinstance(a, (list, tuple)) and type(a) is type(b):
+        return len(a) == len(b) and all(map(_same_value, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[key], b[key]) for key in a)
+    import numpy as np
+
+    return bool(np.array_equal(a, b))
+
+
 @attrs.frozen(slots=True)
 class TaskResult:
     """What happened when a task ran.
@@ -257,7 +274,7 @@ class TaskResult:
     """
 
     index: int
-    value: Any = None
+    value: Any = attrs.field(default=None, eq=attrs.cmp_using(eq=_same_value), hash=False)
     success: bool = False
     exception: BaseException | None = attrs.field(default=None, eq=False)
     traceback: str = ""

@@ -7,6 +7,7 @@ import os
 import pickle
 
 import attrs
+import numpy as np
 import pytest
 
 from parallel_jobs import Parallel, Task, TaskResult
@@ -51,6 +52,20 @@ def test_results_compare_by_value_not_by_exception_identity() -> None:
     a = TaskResult(index=1, exception=ValueError("bad"))
     b = TaskResult(index=1, exception=ValueError("bad"))
     assert a == b
+
+
+def test_results_holding_arrays_compare_by_content() -> None:
+    # Example 4 of sciris returns lists of arrays; == on arrays is element-wise.
+    value = {"xy": [np.arange(3.0), np.ones(2)], "n": 1}
+    result = TaskResult(index=0, value=value, success=True)
+    assert pickle.loads(pickle.dumps(result)) == result
+    assert result != attrs.evolve(result, value={"xy": [np.arange(3.0), np.zeros(2)], "n": 1})
+    assert result != attrs.evolve(result, value={"xy": [np.arange(3.0)], "n": 1})
+    assert result != attrs.evolve(result, value=np.arange(3.0))
+
+
+def test_results_hash_despite_unhashable_values() -> None:
+    assert hash(TaskResult(index=0, value=[1])) == hash(TaskResult(index=0, value=[1]))
 
 
 @pytest.mark.parametrize("record", _records(), ids=["task", "result", "failure"])
