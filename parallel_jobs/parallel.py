@@ -392,7 +392,8 @@ class Parallel:
         if self._thread is None:
             return
         store, runner = self._store, self._runner
-        assert store is not None and runner is not None
+        assert store is not None
+        assert runner is not None
         # With progress=True the run already draws this bar; a second one would garble both.
         reporter = make_reporter(not self.progress, self.label)
         reporter.start(self.njobs)
