@@ -124,8 +124,8 @@ def resolve(parallelizer: str | Callable[..., Any] | None, serial: bool = False)
     if name == "async":  # sciris: 'async' alone means the default, in the background
         name, flags = "default", flags | {"-async"}
     if name not in PARALLELIZERS:
-        raise UnknownParallelizerError(parallelizer, list(PARALLELIZERS) + ["<name>-copy",
-                                                                            "<name>-async"])
+        valid = [*PARALLELIZERS, "<name>-copy", "<name>-async"]
+        raise UnknownParallelizerError(parallelizer, valid)
     method = PARALLELIZERS[name]
     is_async = "-async" in flags
     if is_async and method not in ASYNC_METHODS:

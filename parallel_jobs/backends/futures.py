@@ -13,8 +13,8 @@ import concurrent.futures as cf
 import multiprocessing
 import pickle
 import time
-from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Mapping, MutableMapping
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError

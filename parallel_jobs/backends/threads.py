@@ -119,7 +119,8 @@ class ThreadBackend(Backend):
                 continue
             index = int(worker.slot[0])
             worker.abandoned = True
-            logger.warning("task %d overran its timeout of %g s; abandoning its thread", index, limit)
+            logger.warning("task %d overran its timeout of %g s; abandoning its thread",
+                           index, limit)
             requeue = [i for i in worker.chunk.indices if i != index]
             error = TaskTimeoutError(index, limit, stopped=False)
             batches.append(
