@@ -72,3 +72,153 @@ def value_and_pid(x: Any) -> tuple[Any, int]:
 
 def no_args() -> int:
     return 42
+
+
+# -- fault tolerance (tests/test_faults.py, test_interrupt.py, test_leaks.py) --------------------
+
+
+def die_on(
+    x: int, bad: int = 3, how: str = "exit", marker: str | None = None, others: float = 0.0
+) -> int:
+    """Task ``bad`` ends its own worker: ``'exit'`` (os._exit(3)), ``'kill'`` (SIGKILL, as the
+    out-of-memory killer sends) or ``'segv'`` (a real segmentation fault); the others sleep
+    ``others`` seconds. ``marker``, if given, receives the time of death, so a test can measure
+    how soon the parent reacts."""
+    import ctypes
+    import signal
+
+    if x == bad:
+        if marker is not None:
+            with open(marker, "w") as fh:
+                fh.write(repr(time.time()))
+        if how == "exit":
+            os._exit(3)
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segv":
+            ctypes.string_at(0)
+        msg = f"unknown way to die: {how!r}"
+        raise ValueError(msg)
+    time.sleep(others)
+    return x * x
+
+
+def sleep_if(x: int, slow: int = 2, seconds: float = 30.0, others: float = 0.0) -> int:
+    """Task ``slow`` sleeps ``seconds``; the others sleep ``others``."""
+    time.sleep(seconds if x == slow else others)
+    return x
+
+
+def fail_once(x: int, folder: str, how: str = "raise", bad: int = 3, always: bool = False) -> int:
+    """Task ``bad`` fails on its first run only (or on every run with ``always``): it raises,
+    kills its worker or hangs for 30 s, as ``how`` says. Each run of it appends a byte to
+    ``folder/runs``, so a test can count the runs."""
+    if x == bad:
+        path = os.path.join(folder, "runs")
+        with open(path, "a") as fh:
+            fh.write("x")
+        if always or os.path.getsize(path) == 1:
+            if how == "raise":
+                msg = f"task {x} fails on its first run"
+                raise RuntimeError(msg)
+            if how == "crash":
+                os._exit(3)
+            time.sleep(30)
+    return x
+
+
+class Unpicklable:
+    """Refuses to be pickled, by pickle and dill alike."""
+
+    def __reduce__(self) -> Any:
+        msg = "Unpicklable refuses to be pickled"
+        raise TypeError(msg)
+
+
+def return_unpicklable(x: int, bad: int = 3) -> Any:
+    return Unpicklable() if x == bad else x
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles fine but cannot be re-created: unpickling calls it with one argument."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        super().__init__(f"got {first} and {second}")
+
+
+class HoldsUnpicklable(Exception):
+    """Cannot be pickled at all: one of its attributes refuses."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.thing = Unpicklable()
+
+
+def raise_odd(x: int, bad: int = 3, kind: str = "needs-two") -> int:
+    if x == bad:
+        if kind == "needs-two":
+            raise NeedsTwoArgs("left", "right")
+        msg = "holding something unpicklable"
+        raise HoldsUnpicklable(msg)
+    return x
+
+
+def touch(x: int, folder: str, extra: Any = None) -> int:
+    """Leave a file named after the task in ``folder``, proof that it ran."""
+    with open(os.path.join(folder, f"ran-{x}"), "w"):
+        pass
+    return x
+
+
+def nested_sum(x: int, parallelizer: str | None = None) -> tuple[int, list[str]]:
+    """Run a parallel run inside a task; return its sum and the warnings it gave."""
+    import warnings
+
+    from parallel_jobs import parallelize
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        total = sum(parallelize(square, range(x + 1), ncpus=2, parallelizer=parallelizer))
+    return total, [str(w.message) for w in caught]
+
+
+def report_then_wait(x: int, folder: str, quick: int = 2, data: Any = None) -> int:
+    """Tasks below ``quick`` return at once; the others write their pid into ``folder`` and
+    then sleep for 30 s, so a test knows they are running and can interrupt them. ``data`` is
+    ignored: it lets a test ship a large array to the workers."""
+    if x >= quick:
+        path = os.path.join(folder, f"running-{x}")
+        with open(path + ".tmp", "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(path + ".tmp", path)
+        time.sleep(30)
+    return x
+
+
+def wait_for_event(x: int, event: Any, slow: int = 1, bad: int | None = None) -> int:
+    """Task ``slow`` blocks until ``event`` is set (at most 30 s), task ``bad`` raises at once;
+    for the thread backend, whose threads cannot be killed."""
+    if x == bad:
+        msg = f"task {x} fails at once"
+        raise ValueError(msg)
+    if x == slow:
+        event.wait(30)
+    return x
+
+
+# -- visibility (tests/test_report.py) ----------------------------------------------------------
+
+
+def allocate(megabytes: int) -> int:
+    """Hold ``megabytes`` of resident memory for a moment, then free it; return the size."""
+    # Filling by repetition writes every page; a zeroed buffer may stay unmapped and unseen.
+    block = bytearray(b"\x01") * (megabytes * 2**20)
+    return len(block) // 2**20
+
+
+def spin_cpu(seconds: float) -> float:
+    """Keep the CPU busy until this process has used ``seconds`` of CPU time; return them."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return time.process_time() - start
