@@ -116,7 +116,7 @@ def _rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) 
     exception: BaseException | None = None
     if blob is not None:
         try:
-            exception = pickle.loads(blob)
+            exception = _assemble(pickle.loads(blob))
         except Exception:
             exception = None
     if exception is None:
@@ -124,17 +124,46 @@ def _rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) 
     return Failure(exception, type_name, message, tb)
 
 
+class _Shell(tuple):
+    """An exception taken apart: its class, ``args`` and attributes.
+
+    Pickling an exception records ``cls(*args)``, which fails for a class whose ``__init__``
+    takes other parameters than it passes to ``super().__init__``; a shell re-creates such an
+    exception without calling ``__init__``, so the caller still gets its own exception type.
+    """
+
+
+def _assemble(loaded: Any) -> BaseException:
+    if not isinstance(loaded, _Shell):
+        assert isinstance(loaded, BaseException)
+        return loaded
+    cls, args, attributes = loaded
+    exception: BaseException = BaseException.__new__(cls)
+    exception.args = args
+    exception.__dict__.update(attributes)
+    return exception
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import dill
+
+        return bytes(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def _dumps_exception(exc: BaseException) -> bytes | None:
     exc_tb = exc.__traceback__
     try:
         # The traceback holds frames, which never pickle; the text travels separately.
         exc.__traceback__ = None
+        blob = _dumps(exc)
         try:
-            return pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.loads(blob)
         except Exception:
-            import dill
-
-            return bytes(dill.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+            blob = _dumps(_Shell((type(exc), exc.args, dict(getattr(exc, "__dict__", {})))))
+        return blob
     except Exception:
         return None
     finally:

@@ -222,3 +222,16 @@ def spin_cpu(seconds: float) -> float:
     while time.process_time() - start < seconds:
         pass
     return time.process_time() - start
+
+
+class CodedError(Exception):
+    """An exception whose ``__init__`` takes other parameters than it passes on: pickling it
+    records ``CodedError(message)``, which fails to re-create it."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"error {code}: {reason}")
+        self.code = code
+
+
+def raise_coded(code: int) -> None:
+    raise CodedError(code, "by design")

@@ -361,6 +361,16 @@ def test_die_stops_promptly_and_raises_the_tasks_own_exception() -> None:
     assert sum(P.skipped) >= 2  # at most one task was started beside the failing one
 
 
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "fast"])
+def test_die_raises_the_tasks_own_type_even_if_it_cannot_be_rebuilt_from_args(
+    parallelizer: str, start_method: str
+) -> None:
+    with pytest.raises(jobs.CodedError, match="error 7: by design") as info:
+        parallelize(jobs.raise_coded, [7], parallelizer=parallelizer, start_method=start_method)
+    assert info.value.code == 7
+    assert "raise_coded" in str(info.value.__cause__)
+
+
 def test_die_false_runs_every_task_and_warns_once() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
