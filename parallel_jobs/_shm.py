@@ -76,6 +76,12 @@ class _SharingUnpickler(dill.Unpickler):  # type: ignore[misc]
         return np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
 
 
+def _write_all(fd: int, data: memoryview) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written : written + (1 << 26)])
+
+
 class SharedArrays:
     """Owns the shared-memory segments of one run.
 
@@ -91,7 +97,7 @@ class SharedArrays:
         self.paths: list[str] = []
         self.enabled = shm_available()
 
-    def put(self, array: Any) -> tuple[str, str, tuple[int, ...], str] | None:
+    def put(self, array: Any) -> tuple[str, str, tuple[int, ...], Any] | None:
         """Copy ``array`` into a new segment and return its persistent id (None to pickle it)."""
         if not self.enabled:
             return None
@@ -102,15 +108,19 @@ class SharedArrays:
         _LIVE.add(path)
         self.paths.append(path)
         try:
-            os.ftruncate(fd, array.nbytes)
-            if array.nbytes:
+            if array.flags.c_contiguous:
+                # write() fills tmpfs pages in bulk: twice as fast as faulting in a mapping.
+                _write_all(fd, memoryview(array.reshape(-1).view(np.uint8)))
+            elif array.nbytes:
+                os.ftruncate(fd, array.nbytes)
                 with mmap.mmap(fd, array.nbytes) as mm:
                     target = np.frombuffer(mm, dtype=array.dtype).reshape(array.shape)
                     target[...] = array
                     del target
         finally:
             os.close(fd)
-        return ("parallel_jobs.shm", path, tuple(array.shape), array.dtype.str)
+        # The dtype itself, not its string: a structured dtype's string drops its fields.
+        return ("parallel_jobs.shm", path, tuple(array.shape), array.dtype)
 
     def dumps(self, obj: Any) -> bytes:
         """Pickle ``obj`` with dill, moving large arrays into shared memory."""
