@@ -12,30 +12,37 @@ from .parallel import Parallel
 
 
 def simulate(seed: int, steps: int = 400_000) -> float:
-    """A small CPU-bound 'simulation': a deterministic random walk, returns its final position."""
+    """A small CPU-bound 'simulation': a deterministic random walk, returns its final position.
+
+    Every fourth seed keeps its whole path in memory, so the report has memory to show.
+    """
     state, position = seed * 2654435761 % 2**32 or 1, 0.0
+    path: list[float] | None = [] if seed % 4 == 3 else None
     for _ in range(steps):
         state = (1103515245 * state + 12345) % 2**31
         position += math.sin(state)
+        if path is not None:
+            path.append(position)
     return position
 
 
-def demo(njobs: int, steps: int) -> int:
-    """Run ``njobs`` simulations in parallel with a progress bar, then show per-task timings."""
+def demo(njobs: int, steps: int, timeline: str | None = None) -> int:
+    """Run ``njobs`` simulations of varied length in parallel with a progress bar, then report
+    where the time and memory went (and save a timeline picture if asked)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]parallel_jobs {__version__}[/bold]: {njobs} simulations of {steps:,} steps")
-    P = Parallel(simulate, iterarg=range(njobs), progress=True, label="demo", steps=steps)
+    console.print(f"[bold]parallel_jobs {__version__}[/bold]: {njobs} simulations of up to "
+                  f"{steps:,} steps")
+    # Lengths vary from a quarter to all of ``steps``, so some tasks are visibly slower.
+    lengths = [steps * (1 + (seed * 7) % 4) // 4 for seed in range(njobs)]
+    P = Parallel(simulate, iterkwargs={"seed": range(njobs), "steps": lengths}, progress=True,
+                 label="demo")
     P.run()
-    table = Table(title=f"per-task timings ({P.ncpus} workers, {P.times['elapsed']:.2f} s in all)")
-    for column in ("task", "result", "seconds", "cpu s", "peak MiB", "pid"):
-        table.add_column(column, justify="right")
-    for r in P.task_results:
-        table.add_row(str(r.index), f"{r.value:.3f}", f"{r.elapsed:.3f}", f"{r.cpu_time:.3f}",
-                      f"{r.peak_rss / 2**20:.1f}", str(r.pid))
-    console.print(table)
+    P.report(console)
+    if timeline:
+        P.plot_timeline(timeline)
+        console.print(f"timeline saved to {timeline}")
     return 0 if all(P.success or []) else 1
 
 
@@ -45,9 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("demo", help="run a real parallel job with a progress bar and a report")
     run.add_argument("--jobs", type=int, default=16, help="number of tasks (default 16)")
-    run.add_argument("--steps", type=int, default=2_000_000, help="work per task (default 2,000,000)")
+    run.add_argument("--steps", type=int, default=3_000_000,
+                     help="work of the longest task (default 3,000,000)")
+    run.add_argument("--timeline", metavar="PNG",
+                     help="also save a timeline of the run (needs matplotlib)")
     args = parser.parse_args(argv)
-    return demo(args.jobs, args.steps)
+    return demo(args.jobs, args.steps, args.timeline)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,37 @@ class LoadSample:
 Sampler = Callable[[], tuple[float, float, int]]
 
 
-def psutil_sampler() -> Sampler:
-    """A sampler reading psutil: returns ``(cpu, memory, available)``."""
+def _cpu_counters() -> tuple[float, float]:
+    """Total and idle CPU seconds of all CPUs since boot."""
     import psutil
 
-    psutil.cpu_percent(None)  # the first reading is meaningless; prime the counter
+    times = psutil.cpu_times()
+    # On Linux, guest time is already counted in user time.
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total, times.idle + getattr(times, "iowait", 0.0)
+
+
+def psutil_sampler() -> Sampler:
+    """A sampler reading psutil: returns ``(cpu, memory, available)``.
+
+    CPU load is measured from this sampler's own previous reading (the first one is taken here),
+    not with ``psutil.cpu_percent``, whose baseline belongs to the calling thread and to anyone
+    else in the process who calls it.
+    """
+    import psutil
+
+    last = _cpu_counters()
+    busy = 0.0
 
     def sample() -> tuple[float, float, int]:
+        nonlocal last, busy
+        now = _cpu_counters()
+        total, idle = now[0] - last[0], now[1] - last[1]
+        if total > 0:
+            # Counters tick in hundredths of a second: a shorter window keeps the last value.
+            busy, last = min(max(1.0 - idle / total, 0.0), 1.0), now
         vm = psutil.virtual_memory()
-        return psutil.cpu_percent(None) / 100.0, vm.percent / 100.0, int(vm.available)
+        return busy, vm.percent / 100.0, int(vm.available)
 
     return sample
 
@@ -71,7 +93,9 @@ class LoadMonitor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.interval = interval
-        self._sampler = sampler
+        # psutil measures CPU load since its previous reading: take that first reading now, so
+        # the first sample covers the time until the run starts rather than a few microseconds.
+        self._sampler = sampler if sampler is not None else psutil_sampler()
         self._clock = clock
         self.samples: list[LoadSample] = []
         self._stop = threading.Event()
@@ -84,8 +108,6 @@ class LoadMonitor:
 
     def sample(self) -> LoadSample:
         """Take one sample now and keep it."""
-        if self._sampler is None:
-            self._sampler = psutil_sampler()
         cpu, memory, available = self._sampler()
         reading = LoadSample(self._clock(), cpu, memory, available)
         self.samples.append(reading)
@@ -139,6 +161,8 @@ class LoadGate:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.monitor = monitor
+        # A check against a sample older than the previous check would admit on stale news.
+        monitor.interval = min(monitor.interval, interval)
         self.maxcpu = maxcpu
         self.maxmem = maxmem
         self.interval = interval

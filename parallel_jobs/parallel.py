@@ -322,6 +322,43 @@ class Parallel:
             table.add_row("elapsed", f"{self.times['elapsed']:.3f} s")
         Console().print(table)
 
+    # -- reporting (parallel_jobs.report does the work) -----------------------------------------
+
+    def summary(self, slowest: int = 5) -> dict[str, Any]:
+        """Where the time went, as a plain dict: counts, elapsed, CPU, efficiency, memory, the
+        slowest tasks, the failures and each worker's busy time.
+
+        Example:
+            >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
+            >>> P.summary()["succeeded"]
+            2
+        """
+        from .report import summarize
+
+        return summarize(self, slowest)
+
+    def report(self, console: Any = None, slowest: int = 5) -> None:
+        """Print :meth:`summary` as tables on ``console`` (a ``rich.console.Console``, stdout
+        by default)."""
+        from .report import print_report
+
+        print_report(self, console, slowest)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per task (status, value, error, times, CPU, memory, pid, attempts), ready
+        for ``pandas.DataFrame(P.to_records())``."""
+        from .report import to_records
+
+        return to_records(self)
+
+    def plot_timeline(self, path: Any = None) -> Any:
+        """Draw each worker's tasks over time with the machine's load underneath; return the
+        matplotlib Figure and save it as a PNG at ``path`` if given. Needs the ``plot`` extra.
+        """
+        from .report import plot_timeline
+
+        return plot_timeline(self, path)
+
     # -- running ---------------------------------------------------------------------------------
 
     def _make_runner(self) -> Runner:

@@ -1,13 +1,17 @@
 """Progress reporting: a rich progress bar, or a null reporter that draws nothing.
 
 The Runner calls :meth:`ProgressReporter.update` with absolute counts as often as it likes; the
-reporter redraws at most ``1 / min_interval`` times a second. On a terminal (or in Jupyter) it
-draws a live bar; elsewhere (CI logs, files) it prints a plain line every ``plain_interval``
-seconds and one when the run ends. The clock is injected, so tests are exact.
+reporter redraws at most ``1 / min_interval`` times a second. On a terminal (or in Jupyter with
+ipywidgets) it draws a live bar; elsewhere (CI logs, files, a notebook without ipywidgets) it
+prints a plain line every ``plain_interval`` seconds and one when the run ends. The console and
+the clock are injected, so tests are exact.
+
+This module only draws: it never waits, never starts a thread, and never decides what runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,7 +49,7 @@ def _format_rate(rate: float) -> str:
 def _format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -77,7 +81,7 @@ class ProgressReporter(NullReporter):
         self.clock = clock
         self.min_interval = min_interval
         self.plain_interval = plain_interval
-        self.live = self.console.is_terminal or self.console.is_jupyter
+        self.live = _can_draw_live(self.console)
         self.total = 0
         self.done = 0
         self.failed = 0
@@ -85,6 +89,7 @@ class ProgressReporter(NullReporter):
         self.started = 0.0
         self.last_draw = float("-inf")
         self.draws = 0
+        self._drawn: tuple[int, int] | None = None
         self._progress: Any = None
         self._task: Any = None
 
@@ -105,7 +110,7 @@ class ProgressReporter(NullReporter):
         ]
         if self.load is not None:
             parts.append(f"cpu {self.load.cpu:.0%} mem {self.load.memory:.0%}")
-        return " | ".join(parts)
+        return " • ".join(parts)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -113,18 +118,20 @@ class ProgressReporter(NullReporter):
         self.total = total
         self.started = self.clock()
         if self.live:
+            from rich.markup import escape
             from rich.progress import BarColumn, Progress, TextColumn
 
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 TextColumn("{task.fields[status]}"),
                 console=self.console,
                 auto_refresh=False,
                 transient=False,
                 get_time=self.clock,
             )
-            self._task = self._progress.add_task(self.label, total=total, status=self.summary())
+            self._task = self._progress.add_task(escape(self.label), total=total,
+                                                 status=self.summary())
             self._progress.start()
             self._draw()
 
@@ -143,6 +150,7 @@ class ProgressReporter(NullReporter):
     def _draw(self) -> None:
         self.last_draw = self.clock()
         self.draws += 1
+        self._drawn = (self.done, self.failed)
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, status=self.summary())
             self._progress.refresh()
@@ -150,12 +158,47 @@ class ProgressReporter(NullReporter):
             self.console.print(f"{self.label}: {self.summary()}", highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
-        self._draw()
+        # A plain line already showing the final counts is not printed twice.
+        if self._progress is not None or self._drawn != (self.done, self.failed):
+            self._draw()
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
 
-def make_reporter(progress: bool, label: str | None) -> NullReporter:
-    """A :class:`ProgressReporter` when ``progress`` is true, else a :class:`NullReporter`."""
-    return ProgressReporter(label) if progress else NullReporter()
+def _can_draw_live(console: Any) -> bool:
+    if console.is_jupyter:
+        # rich redraws a notebook cell through ipywidgets, and only warns when it is missing.
+        return importlib.util.find_spec("ipywidgets") is not None
+    return bool(console.is_terminal) and not console.is_dumb_terminal
+
+
+def make_reporter(
+    progress: bool,
+    label: str | None,
+    *,
+    console: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> NullReporter:
+    """A :class:`ProgressReporter` when ``progress`` is true, else a :class:`NullReporter`.
+
+    Args:
+        progress: whether to draw anything.
+        label: the name shown before the bar.
+        console: the ``rich.console.Console`` to draw on (stderr by default).
+        clock: monotonic time source.
+
+    Example:
+        >>> import io
+        >>> from rich.console import Console
+        >>> console = Console(file=io.StringIO())
+        >>> reporter = make_reporter(True, "squares", console=console, clock=lambda: 2.0)
+        >>> reporter.start(4); reporter.update(4, 1); reporter.stop()
+        >>> console.file.getvalue()
+        'squares: 4/4 • 1 failed • -- tasks/s • elapsed 00:00 • eta 00:00\\n'
+        >>> make_reporter(False, "squares")  # doctest: +ELLIPSIS
+        <parallel_jobs.progress.NullReporter object at ...>
+    """
+    if not progress:
+        return NullReporter()
+    return ProgressReporter(label, console=console, clock=clock)

@@ -30,7 +30,9 @@ try:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         # ru_maxrss is in KiB on Linux, in bytes on macOS.
         scale = 1 if sys.platform == "darwin" else 1024
-        return ru.ru_utime + ru.ru_stime, ru.ru_maxrss * scale
+        status = _reset_peak.status
+        peak = ru.ru_maxrss * scale if status is None else _read_hwm(status)
+        return ru.ru_utime + ru.ru_stime, peak
 
 except ImportError:  # pragma: no cover - Windows
 
@@ -42,26 +44,54 @@ IDLE = 0.0
 """The value of a worker's ``slot[1]`` (task start time) while no task is running."""
 
 
+def _read_hwm(status: int) -> int:
+    """The peak RSS in bytes, from ``VmHWM`` in an open ``/proc/self/status``."""
+    data = os.pread(status, 4096, 0)
+    start = data.index(b"VmHWM:") + 6
+    return int(data[start : data.index(b"kB", start)]) * 1024
+
+
 class _PeakReset:
-    """Resets this process's peak-RSS mark (Linux), so each task's peak is its own."""
+    """Resets this process's peak-RSS mark (Linux), so each task's peak is its own.
+
+    ``getrusage`` never reports a peak below the one the process had when it called ``exec``:
+    for a spawned worker, the size of its parent. Where that floor hides the reset, ``status``
+    holds ``/proc/self/status`` open, and the peak is read from there instead.
+    """
 
     def __init__(self) -> None:
         self.pid = -1
         self.fd: int | None = None
+        self.status: int | None = None
 
     def __call__(self) -> None:
         if self.pid != os.getpid():
             # /proc/self resolves when opened: a forked child must open its own.
             self.pid = os.getpid()
+            self.status = None
             try:
                 self.fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
             except OSError:
                 self.fd = None
+            if self.fd is not None:
+                self._choose_reader(self.fd)
         if self.fd is not None:
             try:
                 os.write(self.fd, b"5")
             except OSError:
                 self.fd = None
+
+    def _choose_reader(self, clear_refs: int) -> None:
+        try:
+            status = os.open("/proc/self/status", os.O_RDONLY)
+            os.write(clear_refs, b"5")
+            floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            if floor > _read_hwm(status):
+                self.status = status
+            else:
+                os.close(status)
+        except (OSError, ValueError):
+            self.status = None
 
 
 _reset_peak = _PeakReset()
@@ -98,6 +128,8 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     values, started, elapsed = batch.values, batch.started, batch.elapsed
     cpu_time, peak_rss, failures = batch.cpu_time, batch.peak_rss, batch.failures
     clock = time.perf_counter
+    # A peak reached before this chunk (start-up, unpickling the chunk) belongs to no task.
+    _reset_peak()
     cpu_before, peak_before = _usage()
     # Wall time of the tasks since the last reading, already booked as their CPU time.
     unmetered_wall, unmetered = 0.0, 0

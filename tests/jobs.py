@@ -210,10 +210,18 @@ def wait_for_event(x: int, event: Any, slow: int = 1, bad: int | None = None) ->
 
 
 def allocate(megabytes: int) -> int:
-    """Hold ``megabytes`` of resident memory for a moment, then free it; return the size."""
-    # Filling by repetition writes every page; a zeroed buffer may stay unmapped and unseen.
-    block = bytearray(b"\x01") * (megabytes * 2**20)
-    return len(block) // 2**20
+    """Touch ``megabytes`` of fresh memory, then give it back to the system; return the size."""
+    import mmap
+
+    size = megabytes * 2**20
+    if not size:
+        return 0
+    # Mapped directly, so malloc cannot keep the pages resident after the task, and written
+    # page by page, so every page really is resident while it runs.
+    with mmap.mmap(-1, size) as block:
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+    return megabytes
 
 
 def spin_cpu(seconds: float) -> float:

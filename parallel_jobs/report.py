@@ -1,0 +1,341 @@
+"""Where did the time go? Summaries, tables, records and a timeline of a finished run.
+
+Everything here reads a finished :class:`~parallel_jobs.Parallel` (its ``task_results``,
+``load_samples`` and ``times``) and changes nothing: :func:`summarize` condenses it into a plain
+dict, :func:`print_report` prints that dict as rich tables, :func:`to_records` gives one dict per
+task for ``pandas.DataFrame``, and :func:`plot_timeline` draws each worker's tasks over time with
+the machine's load underneath. matplotlib is imported only by :func:`plot_timeline`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import reprlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .monitor import LoadSample
+from .task import TaskResult
+
+if TYPE_CHECKING:
+    from .parallel import Parallel
+
+__all__ = ["plot_timeline", "print_report", "summarize", "to_records"]
+
+PLOT_INSTALL_HINT = 'plot_timeline needs matplotlib: pip install "parallel-jobs[plot]"'
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = _short.maxtuple = _short.maxdict = 6
+
+
+def _finished_run(parallel: Parallel) -> list[TaskResult]:
+    if not parallel.ready:
+        msg = f"no finished run to report on (status {parallel.status!r}); call run() first"
+        raise RuntimeError(msg)
+    return parallel.task_results
+
+
+def _arguments(parallel: Parallel, index: int) -> str:
+    """The task's own arguments, shortened for a table: ``x=3, y=4`` or ``(5,)``."""
+    task = parallel._plan.task(index)
+    parts = [_short.repr(value) for value in task.args]
+    parts += [f"{key}={_short.repr(value)}" for key, value in (task.kwargs or {}).items()]
+    return ", ".join(parts)
+
+
+def _worker_lanes(results: Sequence[TaskResult]) -> dict[int, list[TaskResult]]:
+    """The tasks each process ran, keyed by pid, in the order the processes first started one."""
+    lanes: dict[int, list[TaskResult]] = {}
+    for result in sorted((r for r in results if r.attempts), key=lambda r: r.started):
+        lanes.setdefault(result.pid, []).append(result)
+    return lanes
+
+
+def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
+    """Condense a finished run into a plain dict.
+
+    Efficiency compares what the workers did with what they could have done in the run's
+    elapsed time: ``busy_efficiency`` counts the seconds they spent inside tasks, and
+    ``cpu_efficiency`` the CPU seconds those tasks used (low when tasks wait on I/O or sleep).
+
+    Args:
+        parallel: a Parallel that has run.
+        slowest: how many of the slowest tasks to list.
+
+    Returns:
+        A dict with ``label``, ``method``, ``njobs``, ``ncpus``, ``succeeded``, ``failed``,
+        ``not_run``, ``elapsed``, ``busy_time``, ``cpu_time``, ``busy_efficiency``,
+        ``cpu_efficiency``, ``peak_rss`` (bytes, the largest of any task), ``peak_cpu`` and
+        ``peak_memory`` (the machine's highest sampled load, 0 to 1), ``slowest`` (index,
+        elapsed, arguments), ``failures`` (index, type, message, attempts) and ``workers`` (pid,
+        tasks, busy, cpu_time, peak_rss, busy fraction).
+
+    Raises:
+        RuntimeError: if the Parallel has not finished a run.
+
+    Example:
+        >>> from parallel_jobs import Parallel
+        >>> P = Parallel(abs, [-1, 2, -3], parallelizer="serial").run()
+        >>> info = P.summary()
+        >>> info["njobs"], info["succeeded"], info["failed"], len(info["workers"])
+        (3, 3, 0, 1)
+    """
+    results = _finished_run(parallel)
+    ran = [r for r in results if r.attempts]
+    elapsed = float(parallel.times["elapsed"])
+    busy = sum(r.elapsed for r in ran)
+    cpu = sum(r.cpu_time for r in ran)
+    capacity = elapsed * parallel.ncpus
+    samples = parallel.load_samples
+    failed = [r for r in results if r.exception is not None]
+    workers = []
+    for pid, lane in _worker_lanes(results).items():
+        lane_busy = sum(r.elapsed for r in lane)
+        workers.append({
+            "pid": pid,
+            "tasks": len(lane),
+            "busy": lane_busy,
+            "cpu_time": sum(r.cpu_time for r in lane),
+            "peak_rss": max(r.peak_rss for r in lane),
+            "busy_fraction": lane_busy / elapsed if elapsed > 0 else 0.0,
+        })
+    return {
+        "label": parallel.label,
+        "method": parallel.method,
+        "njobs": parallel.njobs,
+        "ncpus": parallel.ncpus,
+        "succeeded": sum(r.success for r in results),
+        "failed": len(failed),
+        "not_run": len(results) - len(ran),
+        "elapsed": elapsed,
+        "busy_time": busy,
+        "cpu_time": cpu,
+        "busy_efficiency": busy / capacity if capacity > 0 else 0.0,
+        "cpu_efficiency": cpu / capacity if capacity > 0 else 0.0,
+        "peak_rss": max((r.peak_rss for r in ran), default=0),
+        "peak_cpu": max((s.cpu for s in samples), default=None),
+        "peak_memory": max((s.memory for s in samples), default=None),
+        "slowest": [
+            {"index": r.index, "elapsed": r.elapsed, "arguments": _arguments(parallel, r.index)}
+            for r in sorted(ran, key=lambda r: r.elapsed, reverse=True)[:slowest]
+        ],
+        "failures": [
+            {
+                "index": r.index,
+                "type": type(r.exception).__name__,
+                "message": str(r.exception),
+                "attempts": r.attempts,
+            }
+            for r in failed
+        ],
+        "workers": workers,
+    }
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 1 or seconds == 0:
+        return f"{seconds:,.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def _percent(fraction: float | None) -> str:
+    return "--" if fraction is None else f"{fraction:.0%}"
+
+
+def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> None:
+    """Print :func:`summarize` as rich tables: the run, its slowest tasks, failures, workers.
+
+    Args:
+        parallel: a Parallel that has run.
+        console: a ``rich.console.Console`` to print on; stdout by default.
+        slowest: how many of the slowest tasks to list.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    info = summarize(parallel, slowest)
+    console = console if console is not None else Console()
+    title = f"{info['label']}: " if info["label"] else ""
+    overview = Table(title=f"{title}{info['njobs']} tasks on {info['ncpus']} workers",
+                     show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    rows = [
+        ("method", str(info["method"])),
+        ("succeeded", f"{info['succeeded']} of {info['njobs']}"),
+        ("failed", str(info["failed"])),
+        ("not run", str(info["not_run"])),
+        ("elapsed", _seconds(info["elapsed"])),
+        ("busy time (all workers)", _seconds(info["busy_time"])),
+        ("task CPU time", _seconds(info["cpu_time"])),
+        ("busy efficiency", _percent(info["busy_efficiency"])),
+        ("CPU efficiency", _percent(info["cpu_efficiency"])),
+        ("peak task memory (RSS)", _mib(info["peak_rss"])),
+        ("peak machine CPU / memory",
+         f"{_percent(info['peak_cpu'])} / {_percent(info['peak_memory'])}"),
+    ]
+    for key, value in rows:
+        overview.add_row(key, value)
+    console.print(overview)
+
+    if info["slowest"]:
+        table = Table(title="slowest tasks")
+        table.add_column("task", justify="right")
+        table.add_column("time", justify="right")
+        table.add_column("arguments")
+        for row in info["slowest"]:
+            table.add_row(str(row["index"]), _seconds(row["elapsed"]), escape(row["arguments"]))
+        console.print(table)
+
+    if info["failures"]:
+        table = Table(title="failures", title_style="bold red")
+        for column in ("task", "error", "message", "attempts"):
+            table.add_column(column, justify="right" if column in ("task", "attempts") else "left")
+        for row in info["failures"]:
+            table.add_row(str(row["index"]), row["type"], escape(row["message"]),
+                          str(row["attempts"]))
+        console.print(table)
+
+    table = Table(title="workers")
+    for column in ("pid", "tasks", "busy time", "busy", "CPU time", "peak RSS"):
+        table.add_column(column, justify="right")
+    for row in info["workers"]:
+        table.add_row(str(row["pid"]), str(row["tasks"]), _seconds(row["busy"]),
+                      _percent(row["busy_fraction"]), _seconds(row["cpu_time"]),
+                      _mib(row["peak_rss"]))
+    console.print(table)
+    if 0 < info["busy_efficiency"] < 0.5 and info["njobs"] > info["ncpus"]:
+        console.print(
+            f"[yellow]workers were busy only {info['busy_efficiency']:.0%} of the run:[/] "
+            "start-up or messaging outweighs the tasks; fewer, larger tasks (or a chunksize) "
+            "would help."
+        )
+
+
+def _moment(seconds: float) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(seconds) if seconds else None
+
+
+def to_records(parallel: Parallel) -> list[dict[str, Any]]:
+    """One dict per task, in input order, ready for ``pandas.DataFrame``.
+
+    Keys: ``index``, ``status`` ('succeeded', 'failed' or 'not run'), ``value``, ``error``
+    (exception type name or None), ``message``, ``started`` and ``finished`` (datetimes, None if
+    never run), ``elapsed``, ``cpu_time``, ``peak_rss``, ``pid`` and ``attempts``.
+
+    Example:
+        >>> from parallel_jobs import Parallel
+        >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
+        >>> [(r["index"], r["status"], r["value"]) for r in P.to_records()]
+        [(0, 'succeeded', 1), (1, 'succeeded', 2)]
+    """
+    records = []
+    for r in _finished_run(parallel):
+        if r.success:
+            status = "succeeded"
+        elif r.exception is not None:
+            status = "failed"
+        else:
+            status = "not run"
+        records.append({
+            "index": r.index,
+            "status": status,
+            "value": r.value,
+            "error": None if r.exception is None else type(r.exception).__name__,
+            "message": None if r.exception is None else str(r.exception),
+            "started": _moment(r.started),
+            "finished": _moment(r.finished),
+            "elapsed": r.elapsed,
+            "cpu_time": r.cpu_time,
+            "peak_rss": r.peak_rss,
+            "pid": r.pid,
+            "attempts": r.attempts,
+        })
+    return records
+
+
+def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
+    """Draw each worker's tasks over time, failed ones marked, with the machine's load below.
+
+    Args:
+        parallel: a Parallel that has run.
+        path: where to save a PNG of the figure, or None.
+
+    Returns:
+        The ``matplotlib.figure.Figure``; it shows itself in Jupyter.
+
+    Raises:
+        ImportError: without matplotlib (the ``plot`` extra).
+        RuntimeError: if the Parallel has not finished a run.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError as exc:
+        raise ImportError(PLOT_INSTALL_HINT) from exc
+
+    results = _finished_run(parallel)
+    origin = parallel.times["started"].timestamp()
+    lanes = _worker_lanes(results)
+    # A Figure with its own Agg canvas touches no global pyplot state and needs no display.
+    figure = Figure(figsize=(10, 1.6 + 0.45 * max(len(lanes), 1) + 1.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    tasks_ax, load_ax = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [max(len(lanes), 1) + 1, 2]}
+    )
+    ok_colour, failed_colour = "#4c72b0", "#c44e52"
+    elapsed = float(parallel.times["elapsed"])
+    for lane_number, lane in enumerate(lanes.values()):
+        for colour, wanted in ((ok_colour, True), (failed_colour, False)):
+            spans = [(r.started - origin, r.elapsed) for r in lane if r.success is wanted]
+            if spans:
+                tasks_ax.broken_barh(spans, (lane_number - 0.4, 0.8), facecolors=colour,
+                                     edgecolors="white", linewidth=0.5,
+                                     hatch=None if wanted else "xx")
+        for r in lane:
+            # Only bars wide enough to hold their number get one; thousands would be a smear.
+            if r.elapsed > elapsed / 30:
+                tasks_ax.text(r.started - origin + r.elapsed / 2, lane_number, str(r.index),
+                              ha="center", va="center", color="white", fontsize="small")
+    tasks_ax.set_yticks(range(len(lanes)), [f"pid {pid}" for pid in lanes])
+    tasks_ax.invert_yaxis()
+    tasks_ax.set_ylabel("worker")
+    tasks_ax.legend(
+        handles=[Patch(facecolor=ok_colour, label="succeeded"),
+                 Patch(facecolor=failed_colour, hatch="xx", label="failed")],
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small",
+    )
+    label = f"{parallel.label}: " if parallel.label else ""
+    summary = summarize(parallel, slowest=0)
+    tasks_ax.set_title(
+        f"{label}{parallel.njobs} tasks on {parallel.ncpus} workers ({parallel.method}), "
+        f"{elapsed:.2f} s, {summary['failed']} failed, "
+        f"busy {summary['busy_efficiency']:.0%}"
+    )
+    _plot_load(load_ax, parallel.load_samples, origin)
+    load_ax.set_xlabel("seconds since the run started")
+    load_ax.set_xlim(left=0, right=max(elapsed, 1e-3))
+    if path is not None:
+        figure.savefig(path, dpi=100)
+    return figure
+
+
+def _plot_load(axes: Any, samples: Sequence[LoadSample], origin: float) -> None:
+    seconds = [s.time - origin for s in samples]
+    axes.plot(seconds, [100 * s.cpu for s in samples], drawstyle="steps-pre", label="CPU",
+              color="#dd8452")
+    axes.plot(seconds, [100 * s.memory for s in samples], label="memory", color="#55a868")
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("machine load %")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    axes.grid(alpha=0.3)

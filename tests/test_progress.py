@@ -1,0 +1,187 @@
+"""The progress bar: rendered into an in-memory console with an injected clock, so every redraw
+can be counted; plus real runs that draw on stderr."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+
+import pytest
+from rich.console import Console
+
+from parallel_jobs import Parallel
+from parallel_jobs.monitor import LoadSample
+from parallel_jobs.progress import NullReporter, ProgressReporter, make_reporter
+from tests import jobs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def terminal() -> Console:
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
+def plain() -> Console:
+    return Console(file=io.StringIO(), width=100)
+
+
+def output(console: Console) -> str:
+    file = console.file
+    assert isinstance(file, io.StringIO)
+    return file.getvalue()
+
+
+def test_a_terminal_redraws_at_most_ten_times_a_second_whatever_the_task_rate() -> None:
+    clock, console = Clock(), terminal()
+    reporter = make_reporter(True, "fast run", console=console, clock=clock)
+    assert isinstance(reporter, ProgressReporter)
+    assert reporter.live
+    reporter.start(10_000)
+    start = clock.now
+    for done in range(1, 10_001):
+        clock.now = start + done / 10_000
+        reporter.update(done, done // 1000, LoadSample(0.0, 0.5, 0.25, 0))
+    reporter.stop()
+    # A first frame at the start, ten in the simulated second, and the final one.
+    assert 10 <= reporter.draws <= 12
+    text = output(console)
+    assert text.count("fast run") <= reporter.draws + 2
+    final = text.rsplit("fast run", 1)[1]
+    for field in ("10000/10000", "10 failed", "10,000.0 tasks/s", "elapsed 00:01", "eta 00:00",
+                  "cpu 50% mem 25%"):
+        assert field in final, field
+
+
+def test_the_bar_shows_eta_and_rate_while_running() -> None:
+    clock, console = Clock(), terminal()
+    reporter = make_reporter(True, "half", console=console, clock=clock)
+    reporter.start(100)
+    clock.now += 10
+    reporter.update(50, 0)
+    last = output(console).rsplit("half", 1)[1]
+    assert "50/100" in last
+    assert "5.0 tasks/s" in last
+    assert "elapsed 00:10" in last
+    assert "eta 00:10" in last
+    assert "cpu" not in last  # no load known yet
+    reporter.stop()
+
+
+def test_slow_tasks_show_seconds_per_task() -> None:
+    clock, console = Clock(), terminal()
+    reporter = make_reporter(True, "slow", console=console, clock=clock)
+    reporter.start(10)
+    clock.now += 30
+    reporter.update(2, 0)
+    reporter.stop()
+    assert "15.0 s/task" in output(console)
+
+
+def test_a_label_with_brackets_is_shown_as_written() -> None:
+    clock, console = Clock(), terminal()
+    reporter = make_reporter(True, "[red]sweep[/red]", console=console, clock=clock)
+    reporter.start(1)
+    reporter.update(1, 0)
+    reporter.stop()
+    assert "[red]sweep[/red]" in output(console)
+
+
+def test_plain_output_prints_a_line_every_few_seconds_and_a_final_one() -> None:
+    clock, console = Clock(), plain()
+    reporter = make_reporter(True, "batch", console=console, clock=clock)
+    assert isinstance(reporter, ProgressReporter)
+    assert not reporter.live
+    reporter.start(120)
+    start = clock.now
+    for done in range(1, 121):
+        clock.now = start + done * 0.1  # 12 simulated seconds
+        reporter.update(done - 1, 0)
+    assert reporter.wake_in() == pytest.approx(10.1 + 5.0 - 12.0)
+    reporter.update(120, 1)
+    reporter.stop()
+    lines = output(console).splitlines()
+    # A line at the first update (0.1 s), at 5.1 s, at 10.1 s, and the final one.
+    assert len(lines) == 4
+    assert all(line.startswith("batch: ") for line in lines)
+    assert "\x1b" not in output(console)
+    assert lines[0].startswith("batch: 0/120")
+    assert lines[1].startswith("batch: 50/120")
+    assert lines[-1].startswith("batch: 120/120 • 1 failed")
+
+
+def test_plain_output_does_not_repeat_the_final_line() -> None:
+    clock, console = Clock(), plain()
+    reporter = make_reporter(True, "short", console=console, clock=clock)
+    reporter.start(2)
+    clock.now += 0.5
+    reporter.update(2, 0)
+    reporter.stop()
+    assert output(console).splitlines() == [
+        "short: 2/2 • 0 failed • 4.0 tasks/s • elapsed 00:00 • eta 00:00"
+    ]
+
+
+def test_a_notebook_console_does_not_break_the_reporter() -> None:
+    console = Console(file=io.StringIO(), force_jupyter=True, width=100)
+    reporter = make_reporter(True, "notebook", console=console, clock=Clock())
+    assert isinstance(reporter, ProgressReporter)
+    # rich redraws a cell through ipywidgets; without it, plain lines are the safe choice.
+    assert reporter.live == (importlib.util.find_spec("ipywidgets") is not None)
+    reporter.start(3)
+    reporter.update(3, 0)
+    reporter.stop()
+    assert reporter.draws >= 1
+
+
+def test_no_progress_means_a_reporter_that_draws_nothing() -> None:
+    reporter = make_reporter(False, "quiet")
+    assert type(reporter) is NullReporter
+    assert reporter.wake_in() is None
+
+
+def test_progress_false_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    Parallel(jobs.square, range(4), ncpus=2, progress=False, label="quiet").run()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ""
+
+
+def test_progress_true_reports_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    P = Parallel(jobs.fail_on, range(5), ncpus=2, progress=True, label="loud", die=False)
+    with pytest.warns(RuntimeWarning, match="only 4 of 5"):
+        P.run()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.splitlines()[-1]
+    assert last.startswith("loud: 5/5 • 1 failed")
+    assert "cpu " in last
+    assert "mem " in last
+
+
+def test_monitor_shows_the_bar_of_a_background_run(capsys: pytest.CaptureFixture[str]) -> None:
+    P = Parallel(jobs.sleep_for, [0.05] * 4, ncpus=2, parallelizer="thread-async", label="bg")
+    P.run_async()
+    P.monitor()
+    P.finalize()
+    assert P.results == [0.05] * 4
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("bg: 4/4 • 0 failed")
+    assert "cpu " in last
+
+
+def test_monitor_adds_no_second_bar_when_the_run_draws_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    P = Parallel(jobs.square, range(4), ncpus=2, parallelizer="thread-async", progress=True,
+                 label="once")
+    P.run_async()
+    P.monitor()
+    P.finalize()
+    final_lines = [line for line in capsys.readouterr().err.splitlines() if "4/4" in line]
+    assert len(final_lines) == 1
