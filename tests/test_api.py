@@ -275,6 +275,20 @@ def test_callback_is_called_once_per_task_with_what_happened() -> None:
             assert outdict["exception"] is None
 
 
+def test_callback_stop_with_automatic_chunks_skips_the_rest() -> None:
+    def stop(data: dict[str, Any]) -> None:
+        data["stop"] = True
+
+    P = Parallel(jobs.square, range(1000), ncpus=2, callback=stop).run()
+    assert P.success is not None
+    assert P.skipped is not None
+    # Only the chunks already in flight ran; no chunk holds more than an eighth of the tasks.
+    assert 1 <= sum(P.success) <= 250
+    assert sum(P.skipped) == 1000 - sum(P.success)
+    assert P.results is not None
+    assert all(P.results[i] == i * i for i in range(1000) if P.success[i])
+
+
 def test_callback_sees_the_globaldict() -> None:
     sizes: list[int] = []
     parallelize(jobs.count_in_globaldict, [1, 2], ncpus=1, globaldict={},
@@ -333,9 +347,11 @@ def test_maxcpu_percentage_above_use_lets_tasks_run_together() -> None:
 
 @pytest.mark.timeout(20)
 def test_interval_spaces_task_starts() -> None:
-    P = Parallel(jobs.sleep_for, [0.5] * 2, ncpus=2, maxcpu=1.0, interval=0.3).run()
+    # Without the gate both tasks would start together; with it, the second waits out the
+    # interval (less what the first took to reach its worker, hence the margin).
+    P = Parallel(jobs.sleep_for, [0.6] * 2, ncpus=2, maxcpu=1.0, interval=0.4).run()
     first, second = sorted(r.started for r in P.task_results)
-    assert second - first >= 0.3 - 0.01
+    assert second - first >= 0.25
 
 
 # -- die -------------------------------------------------------------------------------------------
