@@ -1,0 +1,324 @@
+"""The 'dask' backend: chunks of tasks run as tasks of a dask.distributed cluster.
+
+::
+
+    parent (Runner thread)                                 dask cluster
+    ----------------------                                 ------------
+    start():   client.scatter(payload, broadcast=True) ──▶ one copy in every worker's memory
+    submit():  client.submit(_run_on_worker, <payload future>, pickled chunk)
+                                                      ──▶ scheduler ──▶ worker: run_chunk()
+    collect(): done-callbacks put finished futures on a queue; the Runner thread blocks on it
+               ◀── (the worker's wall-clock offset, encode_batch(batch))
+
+The payload (function, shared arguments, large arrays) crosses the network once per worker;
+each task's graph holds only a reference to it and the chunk's own values. At most two chunks
+per worker thread are in flight (one with a ``timeout``), so a run of a million inputs never
+floods the scheduler, and the thread count is re-read every second, so workers that join an
+adaptive cluster are used.
+
+What this backend cannot do, and what it does instead:
+
+* Stop a running task. A task that overruns ``timeout`` has its future cancelled and fails
+  with ``TaskTimeoutError(stopped=False)``; its worker thread runs on until the function returns.
+  The timeout counts from submission, which with one chunk per worker thread is close to the
+  task's start.
+* Tell which task of a chunk killed a worker. Dask reschedules the chunk on another worker and,
+  after ``distributed.scheduler.allowed-failures`` deaths, fails it with ``KilledWorker``; the
+  chunk's tasks are then run again one by one, and a lone task that still kills its worker fails
+  with ``WorkerCrashedError``, costing that task only.
+* Share clocks. ``elapsed`` and ``cpu_time`` are durations the worker measured itself;
+  ``started``/``finished`` are the worker's own wall clock, as close to the caller's as the
+  machines' clocks are synchronised (NTP).
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import time
+import uuid
+from typing import Any
+
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..task import Batch, Chunk, Payload
+from ..worker import encode_batch, run_chunk
+from .base import Backend, BackendOptions, chunk_failed, copied, logger
+from .pool import _decode_batch, _encode_chunk
+
+__all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
+
+INSTALL_HINT = 'pip install "parallel-jobs[dask]"'
+#: Where the HTTP endpoints of a LocalCluster we start listen: loopback, any free port.
+LOOPBACK_HTTP = "127.0.0.1:0"
+#: How often (seconds) the cluster's thread count is re-read to size the work in flight.
+RECOUNT_SECONDS = 1.0
+
+
+def import_distributed() -> Any:
+    """Import ``distributed``, or explain how to install it.
+
+    Raises:
+        ImportError: when dask.distributed is not installed, naming the extra that provides it.
+
+    Example:
+        >>> import_distributed().__name__
+        'distributed'
+    """
+    try:
+        import distributed
+    except ImportError as exc:
+        msg = f"parallelizer='dask' needs dask.distributed, which is not installed: {INSTALL_HINT}"
+        raise ImportError(msg, name="distributed") from exc
+    return distributed
+
+
+def _wall_offset() -> float:
+    """What to add to a ``perf_counter()`` reading of this process to get wall-clock time."""
+    return time.time() - time.perf_counter()
+
+
+def _run_on_worker(payload: Payload, blob: bytes, copy: bool) -> tuple[float, bytes]:
+    """The dask task: run one chunk on a worker, return its clock offset and the pickled batch."""
+    chunk = pickle.loads(blob)
+    if copy:
+        payload, chunk = copied(payload, chunk)
+    batch = run_chunk(payload, chunk)
+    return _wall_offset(), encode_batch(batch)
+
+
+class _Submitted:
+    """A chunk in flight: its future, when it was sent, and the payload future it depends on."""
+
+    __slots__ = ("chunk", "future", "payload", "sent")
+
+    def __init__(self, future: Any, chunk: Chunk, payload: Any) -> None:
+        self.future = future
+        self.chunk = chunk
+        self.payload = payload
+        self.sent = time.perf_counter()
+
+
+def _rerun(indices: list[int]) -> Batch:
+    """A batch that records nothing and sends ``indices`` back to be run one by one."""
+    batch = Batch.empty([], 0)
+    batch.requeue = indices
+    return batch
+
+
+class DaskBackend(Backend):
+    """Chunks submitted to a dask.distributed cluster.
+
+    Args:
+        options: the run's settings; ``ncpus`` is the number of worker processes of the
+            ``LocalCluster`` started when there is no client.
+        client: the ``distributed.Client`` to run on, left open afterwards. None: the current
+            client if there is one (``distributed.get_client()``), else a ``LocalCluster`` on
+            127.0.0.1 that lives for this run only.
+
+    Example:
+        >>> from parallel_jobs import parallelize
+        >>> from distributed import Client, LocalCluster
+        >>> with LocalCluster(n_workers=2, processes=False,
+        ...                   dashboard_address="127.0.0.1:0") as cluster:
+        ...     with Client(cluster) as client:
+        ...         parallelize(abs, [-1, -2, 3], parallelizer=client)
+        [1, 2, 3]
+    """
+
+    name = "dask"
+    stops_tasks = False
+
+    def __init__(self, options: BackendOptions, client: Any = None) -> None:
+        super().__init__(options)
+        self.distributed = import_distributed()
+        # A timed-out task is abandoned with its future: give each task its own chunk then.
+        self.max_chunk = 1 if options.timeout is not None else None
+        self.per_thread = 1 if options.timeout is not None else 2
+        self.client = client
+        self.owns_client = False
+        self.cluster: Any = None
+        self.payload_future: Any = None
+        self.payload: Payload | None = None
+        self.futures: dict[str, _Submitted] = {}
+        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.prefix = "parallel_jobs"
+        self.submitted = 0
+        self.capacity = self.per_thread
+        self.recount_at = 0.0
+        self.local_offset = _wall_offset()
+
+    def start(self, payload: Payload) -> None:
+        if self.client is None:
+            self.client = self._current_client() or self._start_cluster()
+        name = getattr(payload.func, "__name__", "task")
+        # The dashboard groups tasks by the key's leading words: show the function's name.
+        self.prefix = f"parallel_jobs-{name}-{uuid.uuid4().hex}"
+        self.payload = payload
+        self.payload_future = self._scatter(payload)
+
+    def _scatter(self, payload: Payload) -> Any:
+        try:
+            return self.client.scatter(payload, broadcast=True, hash=False)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            what = "the function and shared arguments (func, args, kwargs)"
+            raise SerializationError(what, f"{type(exc).__name__}: {exc}") from exc
+
+    def _current_client(self) -> Any:
+        try:
+            return self.distributed.get_client()
+        except ValueError:
+            return None
+
+    def _start_cluster(self) -> Any:
+        # dashboard_address=None would still serve /health and /metrics on port 8787 of every
+        # interface (and warn when another cluster holds that port): keep it all on loopback.
+        self.cluster = self.distributed.LocalCluster(
+            n_workers=self.options.ncpus, threads_per_worker=1, processes=True,
+            host="127.0.0.1", dashboard_address=LOOPBACK_HTTP,
+            worker_dashboard_address=LOOPBACK_HTTP,
+        )
+        # Not the default client: a run must not change which cluster the caller's dask uses.
+        client = self.distributed.Client(self.cluster, set_as_default=False)
+        self.owns_client = True
+        logger.debug("started a dask LocalCluster of %d workers", self.options.ncpus)
+        return client
+
+    def free_slots(self) -> int:
+        now = time.monotonic()
+        if now >= self.recount_at:
+            self.recount_at = now + RECOUNT_SECONDS
+            threads = sum(self.client.nthreads().values())
+            # With no worker yet (a cluster still scaling up), one chunk waits in the scheduler.
+            self.capacity = self.per_thread * max(1, threads)
+        return max(0, self.capacity - len(self.futures))
+
+    def in_flight(self) -> int:
+        return len(self.futures)
+
+    def submit(self, chunk: Chunk) -> None:
+        blob = _encode_chunk(chunk)
+        self.submitted += 1
+        future = self.client.submit(
+            _run_on_worker, self.payload_future, blob, self.options.copy,
+            key=f"{self.prefix}-{self.submitted}", pure=False,
+        )
+        self.futures[future.key] = _Submitted(future, chunk, self.payload_future)
+        # One callback per future keeps collect() O(1) per finished chunk, where
+        # distributed.wait() would re-scan every future in flight on each call.
+        future.add_done_callback(self.finished.put)
+
+    def collect(self, timeout: float | None) -> list[Batch]:
+        if not self.futures:
+            return []
+        timeout = self._until_next_deadline(timeout)
+        done = []
+        try:
+            done.append(self.finished.get(timeout=timeout))
+            while True:
+                done.append(self.finished.get_nowait())
+        except queue.Empty:
+            pass
+        # A future cancelled on timeout still reports here; it was settled already.
+        batches = [self._outcome(future) for future in done if future.key in self.futures]
+        batches.extend(self._expire())
+        return batches
+
+    def _outcome(self, future: Any) -> Batch:
+        sent = self.futures.pop(future.key)
+        chunk = sent.chunk
+        try:
+            offset, data = future.result()
+        except self.distributed.KilledWorker as error:
+            return self._killed(chunk, error, sent.sent)
+        except Exception as error:
+            if sent.payload.status != "finished":
+                return self._payload_lost(sent)
+            # Not the function's exception (run_chunk records those): the cluster failed.
+            return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0)
+        finally:
+            future.release()
+        batch = _decode_batch(data, chunk, 0)
+        shift = offset - self.local_offset
+        started = batch.started
+        for pos in range(len(started)):
+            started[pos] += shift
+        return batch
+
+    def _payload_lost(self, sent: _Submitted) -> Batch:
+        """Every worker holding the payload died (a one-worker cluster, say), which cancels every
+        chunk that needs it: send it again, once, and run those chunks' tasks anew."""
+        assert self.payload is not None
+        if sent.payload is self.payload_future:
+            logger.warning("the dask workers holding the shared arguments died; sending them again")
+            self.payload_future.release()
+            self.payload_future = self._scatter(self.payload)
+        return _rerun(list(sent.chunk.indices))
+
+    def _killed(self, chunk: Chunk, error: Any, sent: float) -> Batch:
+        if len(chunk) > 1:
+            # Dask cannot say which task of the chunk killed its workers: run each alone.
+            logger.warning("workers died running tasks %s; running each alone",
+                           list(chunk.indices))
+            return _rerun(list(chunk.indices))
+        index = chunk.indices[0]
+        worker = error.last_worker
+        detail = (
+            f"dask.distributed gave up on it (KilledWorker) after {error.allowed_failures + 1} "
+            f"worker(s) died running it, the last at {getattr(worker, 'address', '?')}; the "
+            "worker's nanny log has its exit code."
+        )
+        logger.warning("task %d killed %d dask worker(s)", index, error.allowed_failures + 1)
+        return Batch.lost(
+            index, WorkerCrashedError(index, None, detail), pid=getattr(worker, "pid", 0) or 0,
+            started=sent, elapsed=time.perf_counter() - sent,
+        )
+
+    def _until_next_deadline(self, timeout: float | None) -> float | None:
+        limit = self.options.timeout
+        if limit is None:
+            return timeout
+        oldest = min(sent.sent for sent in self.futures.values())
+        remaining = max(0.0, oldest + limit - time.perf_counter())
+        return remaining if timeout is None else min(timeout, remaining)
+
+    def _expire(self) -> list[Batch]:
+        limit = self.options.timeout
+        if limit is None:
+            return []
+        now = time.perf_counter()
+        batches = []
+        for key, sent in list(self.futures.items()):
+            if now - sent.sent < limit:
+                continue
+            del self.futures[key]
+            sent.future.cancel(reason="parallel_jobs: the task overran its timeout")
+            sent.future.release()
+            chunk = sent.chunk
+            index = chunk.indices[0]
+            logger.warning("task %d overran its timeout of %g s; cancelled its dask future",
+                           index, limit)
+            error = TaskTimeoutError(index, limit, stopped=False)
+            batches.append(Batch.lost(index, error, pid=0, started=sent.sent,
+                                      elapsed=now - sent.sent, requeue=list(chunk.indices[1:])))
+        return batches
+
+    def shutdown(self, abort: bool = False) -> None:
+        futures = [sent.future for sent in self.futures.values()]
+        self.futures.clear()
+        client, self.client = self.client, None
+        cluster, self.cluster = self.cluster, None
+        payload, self.payload_future = self.payload_future, None
+        try:
+            if client is not None and futures:
+                client.cancel(futures)
+            for future in futures:
+                future.release()
+            if payload is not None:
+                payload.release()
+        finally:
+            try:
+                if self.owns_client and client is not None:
+                    client.close()
+            finally:
+                if cluster is not None:
+                    cluster.close()
