@@ -217,3 +217,11 @@ def test_the_log_tells_of_workers_started_replaced_and_stopped_and_of_retries(
     assert any(m.startswith("task 3 failed (attempt 1); retrying") for m in messages)
     stopped = sum(m.startswith("stopped worker") for m in messages)
     assert stopped == len(started) - 2  # every worker that did not die was stopped
+
+
+def test_the_log_tells_of_the_concurrent_futures_pool(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="parallel_jobs")
+    Parallel(jobs.square, range(3), ncpus=2, parallelizer="fast").run()
+    messages = [r.getMessage() for r in caplog.records if r.name == "parallel_jobs"]
+    assert "started a concurrent.futures pool of 2 processes" in messages
+    assert messages[-1] == "stopped the concurrent.futures pool"

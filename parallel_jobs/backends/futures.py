@@ -69,6 +69,7 @@ class FuturesBackend(Backend):
             max_workers=self.options.ncpus, mp_context=self.context,
             initializer=_initialize, initargs=(self.blob,),
         )
+        logger.debug("started a concurrent.futures pool of %d processes", self.options.ncpus)
 
     def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
         # A manager process serves the dict, so a write in one task is seen by later ones.
@@ -148,6 +149,7 @@ class FuturesBackend(Backend):
             self.executor = None
         self.futures.clear()
         self.abandoned.clear()
+        logger.debug("stopped the concurrent.futures pool")
         if self.shared is not None:
             self.shared.close()
             self.shared = None
