@@ -544,9 +544,10 @@ class _sigterm_as_interrupt:
 
     def __enter__(self) -> None:
         self.previous: Any = None
+        self.owner = os.getpid()
         if threading.current_thread() is threading.main_thread():
             try:
-                self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+                self.previous = signal.signal(signal.SIGTERM, self._raise_interrupt)
             except (ValueError, OSError):
                 self.previous = None
 
@@ -554,9 +555,14 @@ class _sigterm_as_interrupt:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
 
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"received signal {signum}")
+    def _raise_interrupt(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.owner:
+            # A worker forked during the run inherited this handler: it must die of the signal
+            # as a worker does, not raise KeyboardInterrupt inside its task.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def parallelize(

@@ -419,6 +419,23 @@ def test_die_false_warning_points_at_the_callers_line(run: Any) -> None:
     assert record[0].filename == __file__
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "fast"])
+def test_a_worker_sent_sigterm_dies_of_it(parallelizer: str, start_method: str) -> None:
+    # The run turns SIGTERM into KeyboardInterrupt in the caller; forked workers must not
+    # inherit that, or a terminated worker would raise inside its task (and 'fast' would ship
+    # the KeyboardInterrupt back to the caller as the task's outcome).
+    P = Parallel(jobs.terminate_self, [0], die=False, parallelizer=parallelizer,
+                 start_method=start_method)
+    with pytest.warns(RuntimeWarning, match="only 0 of 1"):
+        P.run()
+    assert P.exceptions is not None
+    error = P.exceptions[0]
+    assert isinstance(error, pj.WorkerCrashedError)
+    if parallelizer == "multiprocess":
+        assert error.signal == "SIGTERM"
+
+
 def test_die_false_with_every_task_succeeding_does_not_warn() -> None:
     P = Parallel(jobs.fail_on, [1, 2], die=False).run()
     assert P.success == [True, True]
