@@ -139,8 +139,9 @@ class LoadGate:
     """Decides whether another task may start, given ``maxcpu`` and ``maxmem``.
 
     A task is admitted while the latest sample is under both limits; when it is not, the gate is
-    checked again ``interval`` seconds later. It never starves a run: with none of the run's
-    tasks running, the next one starts whatever the load.
+    checked again ``interval`` seconds later, and the monitor is made to sample at least that
+    often. It never starves a run: with none of the run's tasks running, the next one starts
+    whatever the load.
 
     Example:
         >>> monitor = LoadMonitor(sampler=lambda: (0.95, 0.5, 0), clock=lambda: 0.0)

@@ -277,6 +277,7 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         ImportError: without matplotlib (the ``plot`` extra).
         RuntimeError: if the Parallel has not finished a run.
     """
+    results = _finished_run(parallel)
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -284,7 +285,6 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     except ImportError as exc:
         raise ImportError(PLOT_INSTALL_HINT) from exc
 
-    results = _finished_run(parallel)
     origin = parallel.times["started"].timestamp()
     lanes = _worker_lanes(results)
     # A Figure with its own Agg canvas touches no global pyplot state and needs no display.
