@@ -31,7 +31,7 @@ from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, dumps, worker_main
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
 
-__all__ = ["ProcessPoolBackend", "default_start_method"]
+__all__ = ["ProcessPoolBackend", "daemonic", "default_start_method"]
 
 
 def default_start_method() -> str | None:
@@ -39,6 +39,21 @@ def default_start_method() -> str | None:
     if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     return None
+
+
+def daemonic(method: str) -> bool:
+    """Whether this process is a daemon of the library that ``method`` starts processes with.
+
+    Such a process (a worker of a ``Pool``, say) may not start processes of its own.
+    ``multiprocess`` and ``multiprocessing`` keep separate records, so a daemon of one is no
+    daemon to the other.
+
+    Example:
+        >>> daemonic("multiprocess")
+        False
+    """
+    module = sys.modules.get("multiprocess" if method == "multiprocess" else "multiprocessing")
+    return module is not None and bool(module.current_process().daemon)
 
 
 class _Worker:
@@ -227,7 +242,9 @@ class ProcessPoolBackend(Backend):
         )
         if culprit is None:
             detail = "It died between tasks, while sending the results of its chunk."
-            errors = {i: WorkerCrashedError(i, exitcode, detail) for i in chunk.indices}
+            errors: dict[int, BaseException] = {
+                i: WorkerCrashedError(i, exitcode, detail) for i in chunk.indices
+            }
             return chunk_failed(chunk, errors, pid)
         error = WorkerCrashedError(culprit, exitcode)
         requeue = [i for i in chunk.indices if i != culprit]
@@ -243,9 +260,11 @@ class ProcessPoolBackend(Backend):
         now = time.perf_counter()
         for worker in busy:
             started = worker.slot[1]
-            if started != IDLE:
-                remaining = max(0.0, started + limit - now)
-                timeout = remaining if timeout is None else min(timeout, remaining)
+            # A worker that has not begun its chunk yet (a spawned one may still be importing)
+            # has no deadline so far; look again after one timeout, which cannot be later than
+            # the deadline of a task it starts meanwhile.
+            remaining = limit if started == IDLE else max(0.0, started + limit - now)
+            timeout = remaining if timeout is None else min(timeout, remaining)
         return timeout
 
     def _expire(self, busy: list[_Worker]) -> list[Batch]:
@@ -260,6 +279,8 @@ class ProcessPoolBackend(Backend):
             if chunk is None or started == IDLE or now - started < limit:
                 continue
             index = int(worker.slot[0])
+            if worker.slot[1] != started:
+                continue  # the task ended while we read its index: it finished in time
             pid = worker.process.pid
             kill_tree(pid)
             self._discard(worker)

@@ -1,0 +1,87 @@
+"""Runs leave nothing behind: 100 runs in a row, clean and failing, under every local backend,
+leave this process with the threads, file descriptors, child processes and shared-memory
+segments it had before."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from parallel_jobs import Parallel, WorkerCrashedError, parallelize
+from tests import jobs
+
+SHM = Path("/dev/shm")
+
+
+def snapshot() -> dict[str, int]:
+    me = psutil.Process()
+    return {
+        "threads": threading.active_count(),
+        "os threads": me.num_threads(),
+        "fds": me.num_fds(),
+        "children": len(me.children(recursive=True)),
+        "shm": len(list(SHM.glob(f"parallel_jobs_{os.getpid()}_*"))) if SHM.is_dir() else 0,
+    }
+
+
+def clean_run() -> None:
+    assert parallelize(jobs.square, range(6), ncpus=2) == [0, 1, 4, 9, 16, 25]
+
+
+def crashing_run() -> None:
+    P = Parallel(jobs.die_on, range(6), how="kill", ncpus=2, chunksize=1, die=False)
+    with pytest.warns(RuntimeWarning, match="tasks succeeded"):
+        P.run()
+    assert isinstance(P.exceptions[3], WorkerCrashedError)
+
+
+def dying_run() -> None:
+    with pytest.raises(ValueError, match="task value 3 is bad"):
+        parallelize(jobs.fail_on, range(6), ncpus=2, chunksize=1)
+
+
+def timed_out_run() -> None:
+    P = Parallel(jobs.sleep_if, range(4), slow=1, seconds=30, timeout=0.05, ncpus=2, die=False)
+    with pytest.warns(RuntimeWarning, match="tasks succeeded"):
+        P.run()
+
+
+def thread_run() -> None:
+    assert parallelize(jobs.square, range(6), parallelizer="thread") == [0, 1, 4, 9, 16, 25]
+
+
+def fast_run() -> None:
+    assert parallelize(jobs.square, range(6), parallelizer="fast") == [0, 1, 4, 9, 16, 25]
+
+
+def spawned_run_with_shared_array() -> None:
+    data = np.ones(1 << 18)  # 2 MiB: goes through /dev/shm
+    result = parallelize(jobs.report_then_wait, range(4), folder="unused", quick=4, data=data,
+                         ncpus=2, start_method="spawn")
+    assert result == [0, 1, 2, 3]
+
+
+# Cheap runs fill most of the 100; a spawned run costs ~0.3 s, so only a few of those.
+CYCLE: list[Callable[[], Any]] = [
+    clean_run, crashing_run, clean_run, dying_run, thread_run, clean_run, timed_out_run,
+    fast_run, clean_run, crashing_run,
+]
+
+
+@pytest.mark.timeout(120)
+def test_a_hundred_runs_leave_nothing_behind() -> None:
+    for run in {*CYCLE, spawned_run_with_shared_array}:
+        run()  # first use: imports, the multiprocess heap, lazily created helpers
+    before = snapshot()
+    for number in range(100):
+        run = spawned_run_with_shared_array if number % 25 == 0 else CYCLE[number % len(CYCLE)]
+        run()
+        assert snapshot()["children"] == before["children"], f"run {number} ({run.__name__})"
+    assert snapshot() == before
