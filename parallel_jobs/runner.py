@@ -279,7 +279,11 @@ class Runner:
             try:
                 backend.submit(chunk)
             except SerializationError as error:
-                self._absorb(chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0))
+                if len(chunk) > 1:
+                    # Send its tasks one by one, so that only the one that cannot be pickled fails.
+                    source.retry.extend(chunk.indices)
+                else:
+                    self._absorb(chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0))
         return None
 
     def _absorb(self, batch: Batch) -> None:
