@@ -56,6 +56,20 @@ class Choice:
 
     def build(self, options: BackendOptions) -> Backend:
         """Create the backend for one run."""
+        if self.method in ("multiprocess", "multiprocessing", "concurrent.futures"):
+            from .pool import daemonic
+
+            if daemonic(self.method):
+                import warnings
+
+                from .serial import SerialBackend
+
+                msg = (
+                    "this process is daemonic (a worker of a Pool, say) and may not start "
+                    f"processes: this nested run of {self.method!r} runs serially instead"
+                )
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                return SerialBackend(options)
         if self.method in ("multiprocess", "multiprocessing"):
             from .pool import ProcessPoolBackend
 
