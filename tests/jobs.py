@@ -245,6 +245,29 @@ def raise_coded(code: int) -> None:
     raise CodedError(code, "by design")
 
 
+# -- chunking and shared memory (tests/test_chunking.py, tests/test_shm.py) ---------------------
+
+
+def nothing(_: Any) -> None:
+    return None
+
+
+def shared_view(x: int, data: Any, owner: int) -> tuple[bool, bool, float, list[str]]:
+    """How the shared array ``data`` reached this task: whether it is writeable, whether it is
+    backed by a mapped file, the sum of row ``x``, and the shared-memory segments that process
+    ``owner`` (the run's parent) holds right now."""
+    import mmap
+
+    base = data
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    prefix = f"parallel_jobs_{owner}_"
+    segments = sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+    return bool(data.flags.writeable), isinstance(base, mmap.mmap), float(data[x].sum()), segments
+
+
 def terminate_self(x: int) -> int:
     """Send this process SIGTERM, as a job scheduler would; return only if it survives."""
     import signal
@@ -252,3 +275,14 @@ def terminate_self(x: int) -> int:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)
     return x
+
+
+def use_data(x: int, data: Any, bad: int = 3, how: str = "raise") -> int:
+    """Read the shared array ``data``; task ``bad`` then raises (``'raise'``) or ends its worker
+    (``'exit'``)."""
+    if x == bad:
+        if how == "exit":
+            os._exit(3)
+        msg = f"task value {x} is bad"
+        raise ValueError(msg)
+    return x * x + int(data[0, 0])

@@ -1,0 +1,351 @@
+"""parallel_jobs against its peers, side by side in one process run.
+
+Usage::
+
+    python benchmarks/run.py              # every workload, 5 repeats, medians (a few minutes)
+    python benchmarks/run.py --quick      # small sizes, 1 repeat, no sciris (under a minute; CI)
+    python benchmarks/run.py --skip-slow  # full sizes without sciris
+    python benchmarks/run.py --json results.json
+
+Every figure that matters is a ratio: a peer's median time divided by parallel_jobs' median time
+in the same run (above 1: parallel_jobs is faster). Contenders are interleaved, and their order
+rotates at each repeat, so a noisy neighbour on a shared machine slows everyone alike.
+
+A contender's first call of each workload is a warm-up (imports, caches) and is not counted,
+unless it took a second or more, in which case it counts; one that took ``SLOW_SECONDS`` or more
+is not called again. The scale workload also runs each contender once in a child process of its
+own, to read that process's peak RSS; sciris runs scale only there (once: it takes over a minute).
+
+This script reports; it never asserts a target, so it exits 0 whatever the figures say. It
+fails only when a contender returns wrong results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from contenders import CONTENDERS, SUBJECT, Contender  # noqa: E402
+from workloads import FULL, QUICK, Sizes, burn, calibrate_burn, slice_sum, square  # noqa: E402
+
+SLOW_SECONDS = 5.0
+WARM_SECONDS = 1.0
+START_METHODS = [m for m in ("fork", "spawn", "forkserver")
+                 if m in multiprocessing.get_all_start_methods()]
+# The guide leaves these out of scale: 200,000 futures (ProcessPoolExecutor and sciris' 'fast')
+# take minutes and prove nothing more than tiny does.
+NOT_AT_SCALE = ("ProcessPoolExecutor", "sciris-fast", "sciris")
+
+
+@attrs.frozen
+class Workload:
+    """One row of the table."""
+
+    name: str
+    func: Callable[..., Any]
+    items: Sequence[Any]
+    kwargs: dict[str, Any]
+    start_method: str | None
+    contenders: list[Contender]
+
+
+def _same(got: Sequence[Any], expected: Sequence[Any]) -> bool:
+    if len(got) != len(expected):
+        return False
+    return all(g == e or (isinstance(e, float) and math.isclose(g, e, rel_tol=1e-9))
+               for g, e in zip(got, expected, strict=True))
+
+
+def _time(contender: Contender, work: Workload, expected: Sequence[Any]) -> float:
+    t0 = time.perf_counter()
+    got = contender.run(work.func, work.items, work.kwargs, work.start_method)
+    seconds = time.perf_counter() - t0
+    if not _same(got, expected):
+        msg = f"{contender.name} returned wrong results on {work.name}"
+        raise AssertionError(msg)
+    return seconds
+
+
+def measure(work: Workload, repeats: int) -> dict[str, list[float]]:
+    """Median-ready samples of every contender of ``work``, interleaved."""
+    expected = [work.func(item, **work.kwargs) for item in work.items]
+    samples: dict[str, list[float]] = {c.name: [] for c in work.contenders}
+    wanted: dict[str, int] = {}
+    for contender in work.contenders:
+        first = _time(contender, work, expected)
+        if first >= WARM_SECONDS:
+            samples[contender.name].append(first)
+        wanted[contender.name] = 1 if first >= SLOW_SECONDS else repeats
+    order = list(work.contenders)
+    for repeat in range(repeats):
+        rotated = order[repeat % len(order):] + order[: repeat % len(order)]
+        for contender in rotated:
+            if len(samples[contender.name]) < wanted[contender.name]:
+                samples[contender.name].append(_time(contender, work, expected))
+    return samples
+
+
+class _FakeTerminal(io.StringIO):
+    """A terminal as far as rich can tell, so the live bar is drawn (into memory)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def measure_progress(n: int, repeats: int) -> dict[str, list[float]]:
+    """parallel_jobs on ``tiny`` with the progress bar on and off, interleaved."""
+    import parallel_jobs
+
+    expected = [square(x) for x in range(n)]
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    for repeat in range(repeats + 1):
+        for progress in ((False, True) if repeat % 2 else (True, False)):
+            saved, sys.stderr = sys.stderr, _FakeTerminal()
+            try:
+                t0 = time.perf_counter()
+                got = parallel_jobs.parallelize(square, range(n), ncpus=2, progress=progress)
+                seconds = time.perf_counter() - t0
+            finally:
+                sys.stderr = saved
+            if got != expected:
+                msg = "parallel_jobs returned wrong results with progress on"
+                raise AssertionError(msg)
+            if repeat:  # the first round is a warm-up
+                samples["on" if progress else "off"].append(seconds)
+    return samples
+
+
+def rss_child(name: str, n: int) -> int:
+    """Run scale once with one contender and print its time and this process's peak RSS."""
+    contender = CONTENDERS[name]
+    t0 = time.perf_counter()
+    got = contender.run(square, range(n), {}, None)
+    seconds = time.perf_counter() - t0
+    # Checked item by item: a list of the expected values would raise the peak being measured.
+    if len(got) != n or any(value != x * x for x, value in enumerate(got)):
+        print(f"{name} returned wrong results", file=sys.stderr)
+        return 1
+    print(json.dumps({"seconds": seconds, "peak_rss": _peak_rss()}))
+    return 0
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes.
+
+    On Linux, ``ru_maxrss`` survives ``exec``, so a child would report its parent's peak when that
+    is higher; ``VmHWM`` belongs to the process's own memory map, made new by ``exec``.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def measure_rss(contenders: Sequence[Contender], n: int) -> dict[str, dict[str, float]]:
+    """Each contender's scale run in a fresh process: seconds and parent peak RSS in bytes."""
+    out = {}
+    for contender in contenders:
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--rss-child", contender.name,
+             "--size", str(n)],
+            capture_output=True, text=True, timeout=900, check=True,
+        )
+        out[contender.name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.3g}" if seconds < 100 else f"{seconds:.0f}"
+
+
+def table(rows: dict[str, dict[str, float]], columns: list[str], fmt: Callable[[Any], str],
+          title: str) -> str:
+    lines = [f"| {title} | " + " | ".join(columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for row, cells in rows.items():
+        lines.append(f"| {row} | " + " | ".join(fmt(cells.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _peers(cells: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in cells.items() if k not in (SUBJECT.name, "serial")}
+
+
+def targets(medians: dict[str, dict[str, float]], rss: dict[str, dict[str, float]],
+            progress: dict[str, float]) -> dict[str, bool | None]:
+    """Whether each target of the guide is met in this run (None: not measured)."""
+    me = SUBJECT.name
+    out: dict[str, bool | None] = {}
+
+    def faster_than_peers(row: str) -> bool | None:
+        cells = medians.get(row, {})
+        peers = _peers(cells)
+        return None if me not in cells or not peers else cells[me] < min(peers.values())
+
+    def versus(row: str, peer: str, factor: float) -> bool | None:
+        cells = medians.get(row, {})
+        return None if me not in cells or peer not in cells else cells[peer] / cells[me] >= factor
+
+    out["tiny faster than the fastest peer"] = faster_than_peers("tiny")
+    out["scale faster than the fastest peer"] = faster_than_peers("scale")
+    out["tiny >= 30x faster than sciris"] = versus("tiny", "sciris", 30)
+    out["scale >= 100x faster than sciris"] = versus("scale", "sciris", 100)
+    peaks = {k: v["peak_rss"] for k, v in rss.items()}
+    lean = _peers(peaks)
+    out["scale peak RSS <= the leanest peer's"] = (
+        None if me not in peaks or not lean else peaks[me] <= min(lean.values()))
+    for method in START_METHODS:
+        out[f"bigdata ({method}) faster than the fastest peer"] = faster_than_peers(
+            f"bigdata-{method}")
+    cpu = medians.get("cpu", {})
+    out["cpu >= 95% parallel efficiency"] = (
+        None if me not in cpu or "serial" not in cpu else cpu[me] <= 1.05 * cpu["serial"] / 2)
+    startup = medians.get("startup", {})
+    out["startup no slower than ProcessPoolExecutor"] = (
+        None if "ProcessPoolExecutor" not in startup
+        else startup[me] <= startup["ProcessPoolExecutor"])
+    out["progress costs <= 10% on tiny"] = (
+        None if not progress else progress["on"] <= 1.10 * progress["off"])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat, no sciris")
+    parser.add_argument("--skip-slow", action="store_true", help="leave sciris out")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
+    parser.add_argument("--only", nargs="*", help="run only these workloads")
+    parser.add_argument("--json", metavar="PATH", help="write every sample and median here")
+    parser.add_argument("--rss-child", metavar="CONTENDER", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        return rss_child(args.rss_child, args.size)
+
+    sizes: Sizes = QUICK if args.quick else FULL
+    repeats = 1 if args.quick else args.repeats
+    skip_slow = args.quick or args.skip_slow
+    everyone = [c for c in CONTENDERS.values() if not (c.slow and skip_slow)]
+    wanted = set(args.only or ["startup", "tiny", "scale", "cpu", "bigdata", "progress"])
+    began = time.perf_counter()
+    print(f"# parallel_jobs benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+          flush=True)
+    print(f"{machine()}; repeats={repeats}; sizes={attrs.asdict(sizes)}", flush=True)
+
+    works: list[Workload] = []
+    if "startup" in wanted:
+        works.append(Workload("startup", square, range(2), {}, None, everyone))
+    if "tiny" in wanted:
+        works.append(Workload("tiny", square, range(sizes.tiny), {}, None, everyone))
+    if "scale" in wanted:
+        at_scale = [c for c in everyone if c.name not in NOT_AT_SCALE]
+        works.append(Workload("scale", square, range(sizes.scale), {}, None, at_scale))
+    if "cpu" in wanted:
+        n = calibrate_burn(sizes.cpu_seconds)
+        works.append(Workload("cpu", burn, [n] * sizes.cpu_tasks, {}, None, everyone))
+    if "bigdata" in wanted:
+        import numpy as np
+
+        data = np.random.default_rng(0).random(sizes.bigdata_bytes // 8)
+        for method in START_METHODS:
+            kwargs = {"data": data, "parts": sizes.bigdata_parts}
+            works.append(Workload(f"bigdata-{method}", slice_sum, range(sizes.bigdata_parts),
+                                  kwargs, method, everyone))
+
+    samples: dict[str, dict[str, list[float]]] = {}
+    for work in works:
+        t0 = time.perf_counter()
+        samples[work.name] = measure(work, repeats)
+        print(f"  {work.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    rss: dict[str, dict[str, float]] = {}
+    if "scale" in wanted:
+        in_rss = [c for c in everyone if c.name not in NOT_AT_SCALE or c.name == "sciris"]
+        rss = measure_rss(in_rss, sizes.scale)
+        if "sciris" in rss:
+            samples["scale"]["sciris"] = [rss["sciris"]["seconds"]]
+    progress_samples: dict[str, list[float]] = {}
+    if "progress" in wanted:
+        progress_samples = measure_progress(sizes.tiny, repeats)
+
+    medians = {w: {c: statistics.median(s) for c, s in row.items() if s}
+               for w, row in samples.items()}
+    ratios = {w: {c: v / row[SUBJECT.name] for c, v in row.items() if c != SUBJECT.name}
+              for w, row in medians.items() if row.get(SUBJECT.name)}
+    progress = {k: statistics.median(v) for k, v in progress_samples.items() if v}
+    columns = [c.name for c in everyone]
+    peers = [c for c in columns if c != SUBJECT.name]
+
+    print()
+    print(table(medians, columns, _fmt, "median seconds"))
+    print()
+    print(table(ratios, peers, lambda r: "—" if r is None else f"{r:.2f}",
+                "peer / parallel_jobs"))
+    if rss:
+        print()
+        mb = {"scale peak RSS (MB)": {k: v["peak_rss"] / 2**20 for k, v in rss.items()}}
+        print(table(mb, [c for c in columns if c in rss],
+                    lambda v: "—" if v is None else f"{v:.0f}", "parent"))
+    if progress:
+        cost = progress["on"] / progress["off"] - 1
+        print(f"\nprogress on tiny: off {progress['off']:.4f} s, on {progress['on']:.4f} s "
+              f"({cost:+.1%})")
+    met = targets(medians, rss, progress)
+    print("\ntargets (reported, never asserted):")
+    for what, ok in met.items():
+        mark = "n/a " if ok is None else ("met " if ok else "MISS")
+        print(f"  [{mark}] {what}")
+    print(f"\ntotal {time.perf_counter() - began:.0f} s")
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                       "machine": machine(), "quick": args.quick, "repeats": repeats,
+                       "sizes": attrs.asdict(sizes), "samples": samples, "medians": medians,
+                       "ratios": ratios, "scale_rss": rss, "progress": progress_samples,
+                       "targets": met}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

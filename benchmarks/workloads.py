@@ -1,0 +1,60 @@
+"""The task functions and sizes of the benchmark workloads (see ``docs/performance.md``).
+
+The functions live in their own module, not in ``run.py``, so that every start method and every
+pickler finds them by reference, as users' functions usually are.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def burn(n: int) -> int:
+    """Pure-Python work: no I/O, no GIL release, so only processes can run it in parallel."""
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
+
+
+def slice_sum(i: int, data: Any, parts: int) -> float:
+    """Sum part ``i`` of ``parts`` of the shared array ``data``."""
+    step = len(data) // parts
+    return float(data[i * step : (i + 1) * step].sum())
+
+
+def calibrate_burn(seconds: float) -> int:
+    """The ``burn`` argument that keeps this machine busy for about ``seconds``."""
+    n = 200_000
+    while True:
+        t0 = time.perf_counter()
+        burn(n)
+        took = time.perf_counter() - t0
+        if took > 0.05:
+            return int(n * seconds / took)
+        n *= 4
+
+
+@attrs.frozen
+class Sizes:
+    """How big each workload is."""
+
+    tiny: int
+    scale: int
+    cpu_tasks: int
+    cpu_seconds: float
+    bigdata_bytes: int
+    bigdata_parts: int
+
+
+FULL = Sizes(tiny=5_000, scale=200_000, cpu_tasks=8, cpu_seconds=0.5,
+             bigdata_bytes=200 * 2**20, bigdata_parts=20)
+QUICK = Sizes(tiny=5_000, scale=20_000, cpu_tasks=8, cpu_seconds=0.05,
+              bigdata_bytes=20 * 2**20, bigdata_parts=20)

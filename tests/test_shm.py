@@ -1,0 +1,125 @@
+"""Large NumPy arrays that all tasks share go through shared memory once, arrive read-only, and
+leave nothing behind in /dev/shm however the run ends."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from parallel_jobs import Parallel, WorkerCrashedError, parallelize
+from parallel_jobs._shm import MIN_SHARED_BYTES, SHM_DIR, SharedArrays, loads_payload
+from tests import jobs
+
+np = pytest.importorskip("numpy")
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
+
+PICKLED = ("spawn", "forkserver")
+
+
+def segments() -> list[str]:
+    """The segments this test process owns now."""
+    prefix = f"parallel_jobs_{os.getpid()}_"
+    return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(prefix))
+
+
+@pytest.fixture
+def big() -> object:
+    """A 4 MB array of 8 rows, well above the sharing threshold."""
+    data = np.arange(8 * 65536, dtype=np.float64).reshape(8, 65536)
+    assert data.nbytes >= 4 * MIN_SHARED_BYTES
+    return data
+
+
+@pytest.fixture(autouse=True)
+def no_segment_left() -> object:
+    assert segments() == []
+    yield
+    assert segments() == []
+
+
+@pytest.mark.parametrize("start_method", PICKLED)
+def test_a_large_shared_array_arrives_as_a_read_only_view_of_shared_memory(
+    start_method: str, big: object
+) -> None:
+    P = Parallel(jobs.shared_view, range(8), ncpus=2, start_method=start_method, data=big,
+                 owner=os.getpid())
+    P.run()
+    assert P.results is not None
+    for row, (writeable, mapped, total, live) in enumerate(P.results):
+        assert not writeable
+        assert mapped
+        assert total == pytest.approx(float(big[row].sum()))  # type: ignore[index]
+        assert len(live) == 1  # one segment, shared by every task and both workers
+    assert segments() == []
+
+
+def test_arrays_are_shared_wherever_they_sit_in_the_arguments(big: object) -> None:
+    owner = SharedArrays()
+    try:
+        blob = owner.dumps({"args": (big,), "nested": {"deep": [big]}, "small": np.ones(3)})
+        assert len(blob) < 4096  # the 4 MB travel by name only
+        assert len(owner.paths) == 2
+        loaded = loads_payload(blob)
+    finally:
+        owner.close()
+    assert not loaded["args"][0].flags.writeable
+    assert np.array_equal(loaded["nested"]["deep"][0], big)
+    assert loaded["small"].flags.writeable  # small arrays are plainly pickled copies
+
+
+def test_dtypes_and_layouts_survive_the_trip() -> None:
+    arrays = [
+        np.asfortranarray(np.arange(300_000, dtype=np.float64).reshape(600, 500)),
+        np.arange(600_000, dtype=np.int64)[::2],
+        np.zeros(200_000, dtype=[("a", "i4"), ("b", "f8")]),
+        np.arange(300_000).astype("datetime64[s]"),
+    ]
+    owner = SharedArrays()
+    try:
+        loaded = loads_payload(owner.dumps(arrays))
+        assert len(owner.paths) == len(arrays)
+    finally:
+        owner.close()
+    for before, after in zip(arrays, loaded, strict=True):
+        assert after.dtype == before.dtype
+        assert after.shape == before.shape
+        assert np.array_equal(after, before)
+
+
+def test_close_unlinks_and_may_be_called_twice(big: object) -> None:
+    owner = SharedArrays()
+    owner.dumps(big)
+    assert len(segments()) == 1
+    owner.close()
+    owner.close()
+    assert segments() == []
+
+
+@pytest.mark.parametrize("start_method", PICKLED)
+def test_no_segment_is_left_after_a_failing_task_with_die(
+    start_method: str, big: object
+) -> None:
+    with pytest.raises(ValueError, match="task value 3 is bad"):
+        parallelize(jobs.use_data, range(8), ncpus=2, start_method=start_method, data=big)
+
+
+@pytest.mark.parametrize("start_method", PICKLED)
+def test_no_segment_is_left_after_a_worker_crash(start_method: str, big: object) -> None:
+    P = Parallel(jobs.use_data, range(6), ncpus=2, start_method=start_method, die=False,
+                 data=big, how="exit")
+    with pytest.warns(RuntimeWarning, match="5 of 6"):
+        P.run()
+    assert P.results is not None
+    assert P.exceptions is not None
+    assert isinstance(P.exceptions[3], WorkerCrashedError)
+    assert [r for i, r in enumerate(P.results) if i != 3] == [0, 1, 4, 16, 25]
+
+
+def test_a_shared_array_with_fork_is_inherited_not_copied(big: object) -> None:
+    P = Parallel(jobs.shared_view, range(2), ncpus=2, start_method="fork", data=big,
+                 owner=os.getpid())
+    P.run()
+    assert P.results is not None
+    assert all(live == [] for _, _, _, live in P.results)  # fork needs no segment at all
+    assert P.results[1][2] == float(big[1].sum())  # type: ignore[index]
