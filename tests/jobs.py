@@ -286,3 +286,12 @@ def use_data(x: int, data: Any, bad: int = 3, how: str = "raise") -> int:
         msg = f"task value {x} is bad"
         raise ValueError(msg)
     return x * x + int(data[0, 0])
+
+
+def exit_on(x: int, bad: int = 1) -> int:
+    """Call sys.exit in task ``bad``, as a script-turned-function might."""
+    import sys
+
+    if x == bad:
+        sys.exit(3)
+    return x

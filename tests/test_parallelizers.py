@@ -116,6 +116,29 @@ def test_a_users_map_task_failure_raises_its_own_type() -> None:
         parallelize(jobs.fail_on, [1, 3], parallelizer=lambda f, items: list(map(f, items)))
 
 
+def _list_map(func: Any, items: list[Any]) -> list[Any]:
+    return list(map(func, items))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "parallelizer", ["serial", "thread", "fast", pytest.param(_list_map, id="custom")],
+)
+def test_sys_exit_in_a_task_reaches_the_caller(parallelizer: Any) -> None:
+    # As when calling the function directly; before, the thread backend waited forever.
+    with pytest.raises(SystemExit):
+        parallelize(jobs.exit_on, [0, 1, 2], ncpus=2, die=False, parallelizer=parallelizer)
+
+
+def test_sys_exit_in_a_worker_process_is_a_crash() -> None:
+    with pytest.warns(RuntimeWarning, match="only 2 of 3"):
+        P = Parallel(jobs.exit_on, [0, 1, 2], ncpus=2, die=False).run()
+    assert P.results == [0, None, 2]
+    assert P.exceptions is not None
+    assert isinstance(P.exceptions[1], pj.WorkerCrashedError)
+    assert P.exceptions[1].exitcode == 3
+
+
 def _own_children() -> set[int]:
     keep = ("forkserver", "resource_tracker", "semaphore_tracker")
     found = set()

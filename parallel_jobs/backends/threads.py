@@ -46,7 +46,13 @@ class _ThreadWorker:
             payload = self.payload
             if self.copy:
                 payload, chunk = copied(payload, chunk)
-            batch = run_chunk(payload, chunk, self.slot)
+            try:
+                batch = run_chunk(payload, chunk, self.slot)
+            except BaseException as exc:
+                # SystemExit and the like escape run_chunk; without a message the Runner would
+                # wait for this thread forever. It re-raises them, as the serial backend would.
+                self.outbox.put((self, exc))
+                return
             self.outbox.put((self, batch))
             if self.abandoned:
                 return
@@ -62,7 +68,8 @@ class ThreadBackend(Backend):
         super().__init__(options)
         # A timed-out task is abandoned with its thread: give each task its own chunk then.
         self.max_chunk = 1 if (options.copy or options.timeout is not None) else None
-        self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch]] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch | BaseException]] = (
+            queue.SimpleQueue())
         self.workers: list[_ThreadWorker] = []
         self.payload: Payload | None = None
 
@@ -98,6 +105,8 @@ class ThreadBackend(Backend):
             item = self.outbox.get(timeout=timeout) if self.in_flight() else None
             while item is not None:
                 worker, batch = item
+                if isinstance(batch, BaseException):
+                    raise batch
                 if not worker.abandoned:
                     worker.chunk = None
                     batches.append(batch)
