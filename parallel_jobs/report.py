@@ -82,7 +82,10 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
         >>> info["njobs"], info["succeeded"], info["failed"], len(info["workers"])
         (3, 3, 0, 1)
     """
-    results = _finished_run(parallel)
+    return _summarize(parallel, _finished_run(parallel), slowest)
+
+
+def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> dict[str, Any]:
     ran = [r for r in results if r.attempts]
     elapsed = float(parallel.times["elapsed"])
     busy = sum(r.elapsed for r in ran)
@@ -297,7 +300,8 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     elapsed = float(parallel.times["elapsed"])
     for lane_number, lane in enumerate(lanes.values()):
         for colour, wanted in ((ok_colour, True), (failed_colour, False)):
-            spans = [(r.started - origin, r.elapsed) for r in lane if r.success is wanted]
+            spans = _merge([(r.started - origin, r.elapsed) for r in lane if r.success is wanted],
+                           resolution=elapsed / 2000)
             if spans:
                 tasks_ax.broken_barh(spans, (lane_number - 0.4, 0.8), facecolors=colour,
                                      edgecolors="white", linewidth=0.5,
@@ -316,7 +320,7 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small",
     )
     label = f"{parallel.label}: " if parallel.label else ""
-    summary = summarize(parallel, slowest=0)
+    summary = _summarize(parallel, results, slowest=0)
     tasks_ax.set_title(
         f"{label}{parallel.njobs} tasks on {parallel.ncpus} workers ({parallel.method}), "
         f"{elapsed:.2f} s, {summary['failed']} failed, "
@@ -328,6 +332,21 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     if path is not None:
         figure.savefig(path, dpi=100)
     return figure
+
+
+def _merge(spans: list[tuple[float, float]], resolution: float) -> list[tuple[float, float]]:
+    """``(start, width)`` spans with the ones that touch within ``resolution`` joined, when there
+    are too many to tell apart: a lane of 100,000 tasks is then drawn as a few hundred bars."""
+    if len(spans) <= 1000:
+        return spans
+    merged = [spans[0]]
+    for start, width in spans[1:]:
+        last_start, last_width = merged[-1]
+        if start - (last_start + last_width) <= resolution:
+            merged[-1] = (last_start, max(last_width, start + width - last_start))
+        else:
+            merged.append((start, width))
+    return merged
 
 
 def _plot_load(axes: Any, samples: Sequence[LoadSample], origin: float) -> None:

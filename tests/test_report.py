@@ -180,9 +180,18 @@ def test_timeline_draws_each_worker_and_marks_failures(mixed_run: Parallel, tmp_
     hatched = [c for c in tasks_ax.collections if c.get_hatch()]
     assert len(hatched) == 1  # the one lane holding the failed task
     assert len(tasks_ax.collections) == len(pids) + 1
+    assert sum(len(c.get_paths()) for c in tasks_ax.collections) == 8  # one bar per task
     cpu_line, _ = load_ax.get_lines()
     assert len(cpu_line.get_xdata()) == len(mixed_run.load_samples)
     assert max(cpu_line.get_ydata()) == pytest.approx(100 * mixed_run.summary()["peak_cpu"])
+
+
+def test_timeline_joins_bars_too_many_to_tell_apart() -> None:
+    pytest.importorskip("matplotlib")
+    P = Parallel(jobs.square, range(5000), parallelizer="serial").run()
+    tasks_ax = P.plot_timeline().axes[0]
+    bars = sum(len(c.get_paths()) for c in tasks_ax.collections)
+    assert 0 < bars <= 2000
 
 
 def test_timeline_without_a_path_saves_nothing(mixed_run: Parallel, tmp_path,
