@@ -346,7 +346,13 @@ class Parallel:
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per task (status, value, error, times, CPU, memory, pid, attempts), ready
-        for ``pandas.DataFrame(P.to_records())``."""
+        for ``pandas.DataFrame(P.to_records())``.
+
+        Example:
+            >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
+            >>> [(r["index"], r["status"]) for r in P.to_records()]
+            [(0, 'succeeded'), (1, 'succeeded')]
+        """
         from .report import to_records
 
         return to_records(self)
@@ -354,6 +360,12 @@ class Parallel:
     def plot_timeline(self, path: Any = None) -> Any:
         """Draw each worker's tasks over time with the machine's load underneath; return the
         matplotlib Figure and save it as a PNG at ``path`` if given. Needs the ``plot`` extra.
+
+        Example:
+            >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
+            >>> figure = P.plot_timeline()  # or P.plot_timeline("timeline.png")
+            >>> len(figure.axes)
+            2
         """
         from .report import plot_timeline
 

@@ -160,6 +160,15 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
         parallel: a Parallel that has run.
         console: a ``rich.console.Console`` to print on; stdout by default.
         slowest: how many of the slowest tasks to list.
+
+    Example:
+        >>> import io
+        >>> from rich.console import Console
+        >>> from parallel_jobs import Parallel
+        >>> console = Console(file=io.StringIO(), width=100)
+        >>> print_report(Parallel(abs, [-1, 2], parallelizer="serial").run(), console)
+        >>> "2 of 2" in console.file.getvalue()
+        True
     """
     from rich.console import Console
     from rich.markup import escape
@@ -279,6 +288,12 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     Raises:
         ImportError: without matplotlib (the ``plot`` extra).
         RuntimeError: if the Parallel has not finished a run.
+
+    Example:
+        >>> from parallel_jobs import Parallel
+        >>> figure = plot_timeline(Parallel(abs, [-1, 2], parallelizer="serial").run())
+        >>> [axes.get_ylabel() for axes in figure.axes]
+        ['worker', 'machine load %']
     """
     results = _finished_run(parallel)
     try:
