@@ -93,6 +93,14 @@ def test_copy_gives_each_task_its_own_arguments(parallelizer: str, copied: bool)
         assert (results, shared) == ([1, 2, 3], [0, 0, 0])
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("parallelizer", ["serial-copy", "thread-copy"])
+def test_copy_of_an_uncopyable_argument_fails_the_run(parallelizer: str) -> None:
+    with pytest.raises(TypeError, match="lock"):
+        parallelize(jobs.multiply, [1, 2], args=[threading.Lock()], ncpus=2,
+                    parallelizer=parallelizer)
+
+
 def test_a_users_map_is_called_once_with_every_task() -> None:
     calls: list[int] = []
 

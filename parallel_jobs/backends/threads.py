@@ -44,13 +44,14 @@ class _ThreadWorker:
             if chunk is None:
                 return
             payload = self.payload
-            if self.copy:
-                payload, chunk = copied(payload, chunk)
             try:
+                if self.copy:
+                    payload, chunk = copied(payload, chunk)
                 batch = run_chunk(payload, chunk, self.slot)
             except BaseException as exc:
-                # SystemExit and the like escape run_chunk; without a message the Runner would
-                # wait for this thread forever. It re-raises them, as the serial backend would.
+                # An argument that cannot be copied, or SystemExit and the like, which escape
+                # run_chunk: without a message the Runner would wait for this thread forever.
+                # It re-raises them, as the serial backend would.
                 self.outbox.put((self, exc))
                 return
             self.outbox.put((self, batch))
