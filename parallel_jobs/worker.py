@@ -216,18 +216,22 @@ def _reseed_numpy(seed: int | None) -> None:
         np.random.seed(seed % (2**32))
 
 
-def worker_main(conn: Any, payload: Payload | bytes, slot: Any, seed: int | None) -> None:
+def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None) -> None:
     """Serve chunks from ``conn`` until it sends None or closes.
 
-    ``payload`` is the Payload itself when the worker was forked (inherited, never pickled), or
-    the bytes :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it.
+    ``payload`` is the Payload itself when the worker was forked (inherited, never pickled);
+    otherwise it is None and the first message is the bytes
+    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it.
     """
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if isinstance(payload, bytes):
+    if payload is None:
         from ._shm import loads_payload
 
-        payload = loads_payload(payload)
+        try:
+            payload = loads_payload(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
     assert isinstance(payload, Payload)
     _reseed_numpy(seed)
     while True:

@@ -95,27 +95,34 @@ class ProcessPoolBackend(Backend):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, payload: Payload) -> None:
-        if self.context.get_start_method() == "fork":
+        forked = self.context.get_start_method() == "fork"
+        if forked:
             self.payload = payload
-        else:
-            from .._shm import SharedArrays
-
-            self.shared = SharedArrays()
-            self.payload = _pack_payload(payload, self.shared)
         np = sys.modules.get("numpy")
         if np is not None:
             # One draw from the caller's global RNG, as sciris does, so a seeded caller reproduces.
             self.seed_base = int(np.random.randint(0, 2**31 - 1))
         for number in range(len(self.workers)):
             self._spawn(number)
+        if not forked:
+            # Packed only now, while the workers boot: under spawn their imports take as long
+            # as copying hundreds of megabytes into shared memory.
+            from .._shm import SharedArrays
+
+            self.shared = SharedArrays()
+            self.payload = _pack_payload(payload, self.shared)
+            for worker in self.workers:
+                if worker is not None:
+                    _send_payload(worker, self.payload)
 
     def _spawn(self, number: int) -> _Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
         slot = self.context.RawArray("d", 2)
         seed = None if self.seed_base is None else self.seed_base + 7919 * self.started_workers
+        inherited = self.payload if isinstance(self.payload, Payload) else None
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, self.payload, slot, seed),
+            args=(child_conn, inherited, slot, seed),
             name=f"parallel_jobs-worker-{number}",
             daemon=False,  # daemonic processes may not start their own pools (nested runs)
         )
@@ -124,6 +131,8 @@ class ProcessPoolBackend(Backend):
         self.started_workers += 1
         worker = _Worker(number, process, parent_conn, slot)
         self.workers[number] = worker
+        if isinstance(self.payload, bytes):
+            _send_payload(worker, self.payload)
         logger.debug("started worker %d (pid %d)", number, process.pid)
         return worker
 
@@ -305,6 +314,13 @@ class ProcessPoolBackend(Backend):
         self.workers[worker.number] = None
 
 
+def _send_payload(worker: _Worker, blob: bytes) -> None:
+    try:
+        worker.conn.send_bytes(blob)
+    except OSError:
+        pass  # it died booting: its sentinel tells collect() and submit() so
+
+
 def _running_task(worker: _Worker, chunk: Chunk) -> tuple[int | None, float]:
     started = worker.slot[1]
     if started == IDLE:
@@ -343,6 +359,9 @@ def _decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
             for i in chunk.indices
         }
         return chunk_failed(chunk, errors, pid)
+    if isinstance(batch, SerializationError):
+        # The worker could not unpickle the chunk or the payload: none of its tasks ran.
+        return chunk_failed(chunk, dict.fromkeys(chunk.indices, batch), pid)
     assert isinstance(batch, Batch)
     return batch
 
