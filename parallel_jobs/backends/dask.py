@@ -11,10 +11,11 @@
                ◀── (the worker's wall-clock offset, encode_batch(batch))
 
 The payload (function, shared arguments, large arrays) crosses the network once per worker;
-each task's graph holds only a reference to it and the chunk's own values. At most two chunks
-per worker thread are in flight (one with a ``timeout``), so a run of a million inputs never
-floods the scheduler, and the thread count is re-read every second, so workers that join an
-adaptive cluster are used.
+each task's graph holds only a reference to it and the chunk's own values. If every worker
+holding it dies (a one-worker cluster, say), it is sent again and the chunks that needed it
+rerun. At most ``CHUNKS_PER_THREAD`` chunks per worker thread are in flight (one with a
+``timeout``), so a run of a million inputs never floods the scheduler; the thread count is
+re-read every second, so workers that join an adaptive cluster are used.
 
 What this backend cannot do, and what it does instead:
 
@@ -29,6 +30,8 @@ What this backend cannot do, and what it does instead:
 * Share clocks. ``elapsed`` and ``cpu_time`` are durations the worker measured itself;
   ``started``/``finished`` are the worker's own wall clock, as close to the caller's as the
   machines' clocks are synchronised (NTP).
+* Measure one task alone. ``cpu_time`` and ``peak_rss`` are those of the worker process, which
+  with several threads per worker includes the other tasks running beside it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
 INSTALL_HINT = 'pip install "parallel-jobs[dask]"'
 #: Where the HTTP endpoints of a LocalCluster we start listen: loopback, any free port.
 LOOPBACK_HTTP = "127.0.0.1:0"
+#: Chunks in flight per worker thread: enough queued work to hide the round trip between a
+#: chunk's end and the next chunk's arrival, which crosses the scheduler and this process.
+CHUNKS_PER_THREAD = 4
 #: How often (seconds) the cluster's thread count is re-read to size the work in flight.
 RECOUNT_SECONDS = 1.0
 
@@ -133,7 +139,7 @@ class DaskBackend(Backend):
         self.distributed = import_distributed()
         # A timed-out task is abandoned with its future: give each task its own chunk then.
         self.max_chunk = 1 if options.timeout is not None else None
-        self.per_thread = 1 if options.timeout is not None else 2
+        self.per_thread = 1 if options.timeout is not None else CHUNKS_PER_THREAD
         self.client = client
         self.owns_client = False
         self.cluster: Any = None
