@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing as mp
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -178,6 +179,19 @@ def test_func_kwargs_merge_into_kwargs_and_per_task_values_win() -> None:
 
 def test_ncpus_none_means_every_usable_cpu() -> None:
     assert Parallel(jobs.square, range(1000)).ncpus == pj.cpu_count()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_ncpus_none_follows_cpu_affinity() -> None:
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        assert pj.cpu_count() == 1
+        P = Parallel(jobs.square, range(10))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert P.ncpus == 1
+    assert P.run().results == [x * x for x in range(10)]
 
 
 @pytest.mark.parametrize(("fraction", "share"), [(0.5, 0.5), (0.01, 0.01), (0.99, 0.99)])

@@ -114,6 +114,14 @@ def test_a_users_map_is_called_once_with_every_task() -> None:
     assert calls == [3]
 
 
+def test_builtin_and_executor_maps_work() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert parallelize(jobs.square, [1, 2], parallelizer=map) == [1, 4]
+    with ThreadPoolExecutor(2) as executor:
+        assert parallelize(jobs.square, [1, 2], parallelizer=executor.map) == [1, 4]
+
+
 def test_a_users_map_that_drops_results_is_an_error() -> None:
     with pytest.raises(ValueError, match="returned 1 results for 2 tasks"):
         parallelize(jobs.square, [1, 2], parallelizer=lambda f, items: [f(items[0])])
