@@ -132,8 +132,9 @@ class ProgressReporter(NullReporter):
             )
             self._task = self._progress.add_task(escape(self.label), total=total,
                                                  status=self.summary())
-            self._progress.start()
-            self._draw()
+            # The first frame waits a redraw interval: a run shorter than that draws only its
+            # final frame, since each frame costs about a millisecond.
+            self.last_draw = self.started
 
     def update(self, done: int, failed: int, load: LoadSample | None = None) -> None:
         self.done, self.failed = done, failed
@@ -153,17 +154,25 @@ class ProgressReporter(NullReporter):
         self._drawn = (self.done, self.failed)
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, status=self.summary())
-            self._progress.refresh()
+            if self._progress.live.is_started:
+                self._progress.refresh()
+            else:
+                self._progress.start()  # its first frame shows the counts just set
         else:
             self.console.print(f"{self.label}: {self.summary()}", highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
-        # A plain line already showing the final counts is not printed twice.
-        if self._progress is not None or self._drawn != (self.done, self.failed):
-            self._draw()
         if self._progress is not None:
+            # Stopping the live display draws its final frame: drawing one first would be a
+            # second render of the same counts.
+            self.draws += 1
+            self._progress.update(self._task, completed=self.done, status=self.summary())
+            self._progress.live.start(refresh=False)
             self._progress.stop()
             self._progress = None
+        elif self._drawn != (self.done, self.failed):
+            # A plain line already showing the final counts is not printed twice.
+            self._draw()
 
 
 def _can_draw_live(console: Any) -> bool:
