@@ -225,26 +225,45 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
     """
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What cannot be unpickled here is answered, chunk by chunk, with an exception in place of
+    # a batch: dying instead would only leave the reason on this process's stderr.
+    refusal: SerializationError | None = None
     if payload is None:
         from ._shm import loads_payload
 
         try:
-            payload = loads_payload(conn.recv_bytes())
+            blob = conn.recv_bytes()
         except (EOFError, OSError):
             return
-    assert isinstance(payload, Payload)
+        try:
+            payload = loads_payload(blob)
+        except Exception as exc:
+            refusal = _unpickling_error("the function or the shared arguments", exc)
     _reseed_numpy(seed)
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        chunk = pickle.loads(message)
-        if chunk is None:
-            return
-        batch = run_chunk(payload, chunk, slot)
         try:
-            conn.send_bytes(encode_batch(batch))
+            chunk = pickle.loads(message)
+        except Exception as exc:
+            reply = dumps(_unpickling_error("the arguments of the tasks sent", exc))
+        else:
+            if chunk is None:
+                return
+            if refusal is not None:
+                reply = dumps(refusal)
+            else:
+                assert isinstance(payload, Payload)
+                reply = encode_batch(run_chunk(payload, chunk, slot))
+        try:
+            conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+def _unpickling_error(what: str, exc: Exception) -> SerializationError:
+    reason = f"pickled, but unpickling in the worker failed: {type(exc).__name__}: {exc}"
+    return SerializationError(what, reason)
 

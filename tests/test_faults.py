@@ -7,6 +7,7 @@ out-of-memory killer sends it, and a real segmentation fault.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import threading
 import time
@@ -268,6 +269,42 @@ def test_an_unpicklable_task_value_fails_that_task_only(start_method: str) -> No
     error = P.exceptions[3]
     assert isinstance(error, SerializationError)
     assert "arguments of task 3" in str(error)
+
+
+class FailsToUnpickle:
+    """Pickles, but unpickling it raises ZeroDivisionError: as an object whose class a worker
+    cannot import, or whose state no longer fits its class."""
+
+    def __reduce__(self) -> Any:
+        return (operator.truediv, (1, 0))
+
+
+@pytest.mark.timeout(30)
+def test_shared_arguments_that_a_worker_cannot_unpickle_fail_every_task_saying_why(
+    tmp_path: Path,
+) -> None:
+    P = Parallel(jobs.touch, range(4), folder=str(tmp_path), extra=FailsToUnpickle(), ncpus=2,
+                 die=False, start_method="spawn")
+    run_tolerant(P)
+    assert P.success == [False] * 4
+    for error in P.exceptions:
+        assert isinstance(error, SerializationError)
+        assert str(error).startswith("the function or the shared arguments")
+        assert "unpickling in the worker failed: ZeroDivisionError" in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+def test_a_task_value_that_a_worker_cannot_unpickle_fails_that_task(start_method: str) -> None:
+    P = Parallel(jobs.square, [1, 2, FailsToUnpickle(), 4], ncpus=2, chunksize=1, die=False,
+                 start_method=start_method)
+    run_tolerant(P)
+    assert P.results == [1, 4, None, 16]
+    assert isinstance(P.exceptions[2], SerializationError)
+    assert "unpickling in the worker failed: ZeroDivisionError" in str(P.exceptions[2])
+    with pytest.raises(SerializationError, match="unpickling in the worker failed"):
+        parallelize(jobs.square, [1, 2, FailsToUnpickle(), 4], ncpus=2,
+                    start_method=start_method)
 
 
 # -- nested runs -----------------------------------------------------------------------------
