@@ -96,6 +96,9 @@ def die_on(
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if how == "segv":
+            import faulthandler
+
+            faulthandler.disable()  # pytest's handler, inherited by fork, would print a dump
             ctypes.string_at(0)
         msg = f"unknown way to die: {how!r}"
         raise ValueError(msg)

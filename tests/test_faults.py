@@ -107,6 +107,29 @@ def test_die_raises_a_crash_at_once_without_waiting_for_other_tasks(
     assert any("task 1" in note for note in notes)
 
 
+class ExitsWhenPickled:
+    """Ends the process that tries to pickle it: the worker dies after its task returned."""
+
+    def __reduce__(self) -> Any:
+        os._exit(4)
+
+
+def return_exits_when_pickled(x: int) -> Any:
+    return ExitsWhenPickled() if x == 2 else x
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_dying_outside_any_task_fails_its_chunk_and_says_when() -> None:
+    P = Parallel(return_exits_when_pickled, range(5), ncpus=1, chunksize=1, die=False,
+                 start_method="fork")
+    run_tolerant(P)
+    assert P.results == [0, 1, None, 3, 4]
+    error = P.exceptions[2]
+    assert isinstance(error, WorkerCrashedError)
+    assert (error.index, error.exitcode) == (2, 4)
+    assert "outside any task" in str(error)
+
+
 def test_crash_errors_survive_pickling() -> None:
     import pickle
 

@@ -250,7 +250,10 @@ class ProcessPoolBackend(Backend):
             worker.number, pid, exitcode, culprit,
         )
         if culprit is None:
-            detail = "It died between tasks, while sending the results of its chunk."
+            detail = (
+                "It died outside any task: while starting (under spawn, importing the main "
+                "module or unpickling what it was sent), or while sending its results."
+            )
             errors: dict[int, BaseException] = {
                 i: WorkerCrashedError(i, exitcode, detail) for i in chunk.indices
             }
