@@ -219,7 +219,10 @@ class Parallel:
         if kwargs is not None and not isinstance(kwargs, Mapping):
             msg = f"kwargs must be a dict, not {type(kwargs).__name__}"
             raise TypeError(msg)
-        if globaldict is not None and not isinstance(globaldict, Mapping):
+        # A manager's DictProxy is no Mapping, but is what a user's own pool shares state with.
+        if globaldict is not None and not (
+            isinstance(globaldict, Mapping) or hasattr(globaldict, "keys")
+        ):
             msg = f"globaldict must be a dict, not {type(globaldict).__name__}"
             raise TypeError(msg)
         shared_kwargs = {**(kwargs or {}), **func_kwargs}

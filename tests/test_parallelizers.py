@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import threading
 from typing import Any
@@ -120,6 +121,22 @@ def test_builtin_and_executor_maps_work() -> None:
     assert parallelize(jobs.square, [1, 2], parallelizer=map) == [1, 4]
     with ThreadPoolExecutor(2) as executor:
         assert parallelize(jobs.square, [1, 2], parallelizer=executor.map) == [1, 4]
+
+
+def test_a_users_map_gets_the_users_globaldict_itself() -> None:
+    # A manager's dict is how a user's own pool shares state; copying it would lose the writes.
+    manager = mp.Manager()
+    try:
+        shared = manager.dict()
+        with mp.Pool(2) as pool:
+            P = Parallel(jobs.count_in_globaldict, [1, 2, 3], globaldict=shared,
+                         parallelizer=pool.map).run()
+            pool.close()
+            pool.join()
+        assert dict(shared) == {1: 10, 2: 20, 3: 30}
+        assert P.globaldict == {1: 10, 2: 20, 3: 30}
+    finally:
+        manager.shutdown()
 
 
 def test_a_users_map_that_drops_results_is_an_error() -> None:

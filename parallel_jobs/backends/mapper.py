@@ -8,8 +8,8 @@ noticed after a task returns, and a failure can only stop the run after the map 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, cast
 
 import attrs
 
@@ -48,6 +48,11 @@ class MapBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         self.payload = payload
+
+    def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
+        # Only the user knows where their map runs tasks: their globaldict is used as given (a
+        # manager's dict, say, shared by their pool's processes), never copied.
+        return cast("MutableMapping[str, Any]", initial)
 
     def free_slots(self) -> int:
         return 1 << 30
