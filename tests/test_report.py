@@ -219,13 +219,15 @@ def test_the_log_tells_of_workers_started_replaced_and_stopped_and_of_retries(
     with pytest.warns(RuntimeWarning, match="only 3 of 4"):
         P.run()
     messages = [r.getMessage() for r in caplog.records if r.name == "parallel_jobs"]
-    started = [m for m in messages if m.startswith("started worker")]
-    # Two workers, and one in place of the first that task 3 killed, to run it again.
-    assert len(started) == 3
-    assert sum("died" in m and "task 3" in m and "replacing it" in m for m in messages) == 2
-    assert any(m.startswith("task 3 failed (attempt 1); retrying") for m in messages)
+    started = sum(m.startswith("started worker") for m in messages)
+    died = sum("died" in m and "task 3" in m and "replacing it" in m for m in messages)
     stopped = sum(m.startswith("stopped worker") for m in messages)
-    assert stopped == len(started) - 2  # every worker that did not die was stopped
+    assert died == 2  # both runs of task 3 killed their worker
+    assert any(m.startswith("task 3 failed (attempt 1); retrying") for m in messages)
+    # Two workers at the start, and a new one whenever a task needs a dead one's place; each
+    # ends in the log as dead or as stopped.
+    assert started >= 2
+    assert started == died + stopped
 
 
 def test_the_log_tells_of_the_concurrent_futures_pool(caplog: pytest.LogCaptureFixture) -> None:
