@@ -449,9 +449,13 @@ class Parallel:
         # With progress=True the run already draws this bar; a second one would garble both.
         reporter = make_reporter(not self.progress, self.label)
         reporter.start(self.njobs)
+        thread = self._thread
         try:
-            while self._thread.is_alive():
-                self._thread.join(interval)
+            # Update once more after the run ends, so a run that ended first still shows done.
+            running = True
+            while running:
+                thread.join(interval)
+                running = thread.is_alive()
                 reporter.update(store.done, store.failed, runner.monitor.latest)
         finally:
             reporter.stop()

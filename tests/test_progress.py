@@ -185,3 +185,13 @@ def test_monitor_adds_no_second_bar_when_the_run_draws_one(
     P.finalize()
     final_lines = [line for line in capsys.readouterr().err.splitlines() if "4/4" in line]
     assert len(final_lines) == 1
+
+
+def test_monitor_after_the_run_ended_shows_it_done(capsys: pytest.CaptureFixture[str]) -> None:
+    P = Parallel(jobs.square, range(3), ncpus=2, parallelizer="thread-async", label="late")
+    P.run_async()
+    assert P._thread is not None
+    P._thread.join()
+    P.monitor()
+    P.finalize()
+    assert capsys.readouterr().err.splitlines()[-1].startswith("late: 3/3 • 0 failed")
