@@ -77,6 +77,23 @@ def wait_for_file(x: int, path: str, slow: int = 1) -> int:
     return x
 
 
+def keys_of_runs(dask_scheduler: Any) -> list[str]:
+    """Runs on the scheduler: the keys that runs of parallel_jobs still hold."""
+    return [str(key) for key in dask_scheduler.tasks
+            if str(key).startswith(("parallel_jobs-", "Payload-"))]
+
+
+def wait_until_released(client: Client) -> list[str]:
+    """The keys still held after the scheduler had up to 10 s to process the releases, which
+    reach it asynchronously."""
+    deadline = time.monotonic() + 10
+    held = client.run_on_scheduler(keys_of_runs)
+    while held and time.monotonic() < deadline:
+        time.sleep(0.05)
+        held = client.run_on_scheduler(keys_of_runs)
+    return held
+
+
 def graph_of_run(dask_scheduler: Any) -> dict[str, Any]:
     """Runs on the scheduler: what the graph holds for each task of the run."""
     tasks = dask_scheduler.tasks.values()
@@ -126,6 +143,7 @@ def test_die_raises_the_original_exception(client: Client) -> None:
     with pytest.raises(ValueError, match="task value 3 is bad") as info:
         parallelize(jobs.fail_on, range(6), parallelizer=client)
     assert "raised by task 3" in " ".join(getattr(info.value, "__notes__", []))
+    assert wait_until_released(client) == []
 
 
 def test_die_false_records_every_failure(client: Client) -> None:
@@ -235,8 +253,19 @@ def test_the_payload_is_scattered_once_and_the_client_left_open(client: Client) 
     for size, dependencies in graph["chunks"].values():
         assert dependencies == [payload_key]
         assert size < 10_000
+    assert wait_until_released(client) == []
     assert client.status == "running"
     assert parallelize(jobs.square, [3], parallelizer=client) == [9]
+
+
+def test_progress_bar_and_background_run(client: Client,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    P = Parallel(jobs.square, range(5), progress=True, label="on dask", parallelizer=client)
+    P.run_async()
+    assert P.finalize().results == [0, 1, 4, 9, 16]
+    drawn = capsys.readouterr().err
+    assert "on dask" in drawn
+    assert "5/5" in drawn
 
 
 def test_dask_string_uses_the_current_client(client: Client) -> None:

@@ -315,8 +315,9 @@ class DaskBackend(Backend):
         cluster, self.cluster = self.cluster, None
         payload, self.payload_future = self.payload_future, None
         try:
-            if client is not None and futures:
-                client.cancel(futures)
+            # Ours are the only references to these keys: releasing them (now, not whenever the
+            # futures are garbage-collected) makes the scheduler drop every chunk not yet
+            # started and, once no task needs it, the payload.
             for future in futures:
                 future.release()
             if payload is not None:
