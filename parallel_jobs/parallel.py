@@ -45,15 +45,18 @@ class Times(dict[str, Any]):
 
 
 def _indexable(values: Any, name: str) -> Sequence[Any]:
-    """``values`` if it can be indexed and measured, else a list of it (generators, sets)."""
-    if isinstance(values, (str, bytes, Mapping)):
-        return list(values)
-    if hasattr(values, "__getitem__") and hasattr(values, "__len__"):
+    """``values`` itself if ``values[i]`` is its i-th item (lists, tuples, ranges, NumPy arrays),
+    else a list of what iterating over it gives (generators, sets, strings, dict keys, pandas
+    Series, whose ``[i]`` looks up a label)."""
+    np = sys.modules.get("numpy")
+    if isinstance(values, (list, tuple, range)) or (
+        np is not None and isinstance(values, np.ndarray) and values.ndim > 0
+    ):
         return values
-    if isinstance(values, Iterable):
-        return list(values)
-    msg = f"{name} must be iterable or an integer, not {type(values).__name__}"
-    raise TypeError(msg)
+    if not isinstance(values, Iterable):
+        msg = f"{name} must be iterable or an integer, not {type(values).__name__}"
+        raise TypeError(msg)
+    return list(values)
 
 
 def _fraction(value: Any, name: str) -> float | None:

@@ -125,6 +125,27 @@ def test_iterarg_of_any_iterable(iterarg: Any) -> None:
     assert parallelize(jobs.square, iterarg, ncpus=2) == [1, 4, 9]
 
 
+def test_iterarg_of_any_iterable_is_taken_in_iteration_order() -> None:
+    # As sciris: a string gives its characters, a dict its keys.
+    assert parallelize(str.upper, "ab", serial=True) == ["A", "B"]
+    assert parallelize(str.upper, {"x": 1, "y": 2}, serial=True) == ["X", "Y"]
+
+
+@pytest.mark.parametrize("parallelizer", ["serial", "multiprocess"])
+def test_pandas_series_are_taken_by_position_not_label(parallelizer: str) -> None:
+    pd = pytest.importorskip("pandas")
+    values = pd.Series([1, 2, 3], index=[5, 6, 7])
+    columns = {"x": values, "y": pd.Series([4, 5, 6], index=["a", "b", "c"])}
+    seen: list[Any] = []
+    # The callback rebuilds each task's arguments one by one, by index.
+    results = parallelize(jobs.multiply, iterkwargs=columns, parallelizer=parallelizer,
+                          callback=lambda data: seen.append(data["kwargs"]))
+    assert results == [4, 10, 18]
+    assert sorted(kw["x"] for kw in seen) == [1, 2, 3]
+    assert parallelize(jobs.square, values, parallelizer=parallelizer,
+                       callback=lambda data: seen.append(data["args"])) == [1, 4, 9]
+
+
 def test_iterarg_results_keep_input_order_whatever_the_finishing_order() -> None:
     delays = [0.2, 0.0, 0.1, 0.0]
     assert parallelize(jobs.sleep_for, delays, ncpus=2) == delays
