@@ -60,6 +60,28 @@ def test_every_name_gives_the_same_results(name: str | None, suffix: str, method
     assert P.status == "done"
 
 
+@pytest.mark.parametrize(
+    ("name", "suffix", "method"), _variants(),
+    ids=[f"{n}{s}" for n, s, _ in _variants()],
+)
+def test_every_name_reports_failures_and_calls_back_the_same(
+    name: str | None, suffix: str, method: str
+) -> None:
+    parallelizer = None if name is None else name + suffix
+    calls: list[int] = []
+    P = Parallel(jobs.fail_on, [1, 3, 5], ncpus=2, die=False, parallelizer=parallelizer,
+                 callback=lambda data: calls.append(data["index"]))
+    with pytest.warns(RuntimeWarning, match="only 2 of 3"):
+        P.run()
+    assert P.results == [1, None, 5]
+    assert P.success == [True, False, True]
+    assert P.exceptions is not None
+    assert isinstance(P.exceptions[1], ValueError)
+    assert sorted(calls) == [0, 1, 2]
+    with pytest.raises(ValueError, match="task value 3 is bad"):
+        parallelize(jobs.fail_on, [1, 3, 5], ncpus=2, parallelizer=parallelizer)
+
+
 def test_names_are_case_and_space_insensitive() -> None:
     assert Parallel(jobs.square, [1], parallelizer=" Thread-Copy ").method == "thread"
 
