@@ -97,9 +97,12 @@ class Parallel:
         njobs: number of tasks.
         ncpus: number of tasks that run at once.
         method: the backend ('multiprocess', 'thread', ...).
+        label: the name given to the run, or None.
         results: each task's return value, in input order (None for a failed task).
         success: whether each task succeeded.
+        skipped: whether each task never ran (a callback stopped the run, or ``die`` did).
         exceptions: what each task raised, or None.
+        globaldict: a plain-dict copy of the shared ``globaldict`` as the run left it.
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
             task's seconds).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
