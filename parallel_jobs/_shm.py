@@ -49,7 +49,7 @@ def shm_available() -> bool:
     return sys.platform.startswith("linux") and os.path.isdir(SHM_DIR)
 
 
-class _SharingPickler(dill.Pickler):  # type: ignore[misc]
+class _SharingPickler(dill.Pickler):
     def __init__(self, file: io.BytesIO, owner: SharedArrays) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self._owner = owner
@@ -63,7 +63,7 @@ class _SharingPickler(dill.Pickler):  # type: ignore[misc]
         return self._owner.put(obj)
 
 
-class _SharingUnpickler(dill.Unpickler):  # type: ignore[misc]
+class _SharingUnpickler(dill.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         tag, path, shape, dtype = pid
         if tag != "parallel_jobs.shm":
