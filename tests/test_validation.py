@@ -107,7 +107,7 @@ def test_unknown_parallelizer_lists_the_valid_names() -> None:
     assert info.value.valid == (*pj.PARALLELIZERS, "<name>-copy", "<name>-async")
 
 
-def test_unknown_parallelizer_fails_before_anything_else_is_checked() -> None:
+def test_unknown_suffix_is_an_unknown_parallelizer() -> None:
     with pytest.raises(UnknownParallelizerError):
         parallelize(jobs.square, [1, 2], parallelizer="multiprocess-turbo")
 
