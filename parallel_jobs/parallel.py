@@ -357,7 +357,7 @@ class Parallel:
         """One dict per task (status, value, error, times, CPU, memory, pid, attempts), ready
         for ``pandas.DataFrame(P.to_records())``.
 
-        Example:
+        Examples:
             >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
             >>> [(r["index"], r["status"]) for r in P.to_records()]
             [(0, 'succeeded'), (1, 'succeeded')]
