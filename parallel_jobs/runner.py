@@ -215,7 +215,8 @@ class Runner:
         self.retries = retries
         self.callback = callback
         limit = 1 if gate is not None else backend.max_chunk
-        self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit)
+        self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit,
+                               target=backend.chunk_target, floor=backend.chunk_floor)
         self.source = TaskSource(plan.njobs)
         self.stopped = False
         self.payload = plan.payload

@@ -61,6 +61,10 @@ class Backend(abc.ABC):
     stops_tasks: bool = True
     #: The largest chunk this backend accepts (1 when each task must be timed on its own).
     max_chunk: int | None = None
+    #: Seconds of work a chunk aims at, and the least it holds once tasks are timed (see
+    #: ``runner.Chunker``): a backend whose round trip costs more wants longer chunks.
+    chunk_target: float = 0.02
+    chunk_floor: float = 0.002
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
