@@ -7,8 +7,9 @@
     start():   client.scatter(payload, broadcast=True) ──▶ one copy in every worker's memory
     submit():  client.submit(_run_on_worker, <payload future>, pickled chunk)
                                                       ──▶ scheduler ──▶ worker: run_chunk()
-    collect(): done-callbacks put finished futures on a queue; the Runner thread blocks on it
-               ◀── (the worker's wall-clock offset, encode_batch(batch))
+               client event loop: await each future, fetch its result, put both on a queue
+                                                  ◀── (worker's clock offset, encode_batch(batch))
+    collect(): the Runner thread blocks on that queue
 
 The payload (function, shared arguments, large arrays) crosses the network once per worker;
 each task's graph holds only a reference to it and the chunk's own values. If every worker
@@ -53,9 +54,9 @@ __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
 INSTALL_HINT = 'pip install "parallel-jobs[dask]"'
 #: Where the HTTP endpoints of a LocalCluster we start listen: loopback, any free port.
 LOOPBACK_HTTP = "127.0.0.1:0"
-#: Chunks in flight per worker thread: enough queued work to hide the round trip between a
-#: chunk's end and the next chunk's arrival, which crosses the scheduler and this process.
-CHUNKS_PER_THREAD = 4
+#: Chunks in flight per worker thread: one running, one queued to hide the round trip between
+#: a chunk's end and the next chunk's arrival, which crosses the scheduler and this process.
+CHUNKS_PER_THREAD = 2
 #: How often (seconds) the cluster's thread count is re-read to size the work in flight.
 RECOUNT_SECONDS = 1.0
 
