@@ -96,13 +96,13 @@ def _run_on_worker(payload: Payload, blob: bytes, copy: bool) -> tuple[float, by
 class _Submitted:
     """A chunk in flight: its future, when it was sent, and the payload future it depends on."""
 
-    __slots__ = ("chunk", "future", "payload", "sent")
+    __slots__ = ("chunk", "future", "payload", "sent_at")
 
     def __init__(self, future: Any, chunk: Chunk, payload: Any) -> None:
         self.future = future
         self.chunk = chunk
         self.payload = payload
-        self.sent = time.perf_counter()
+        self.sent_at = time.perf_counter()
 
 
 def _rerun(indices: list[int]) -> Batch:
@@ -248,15 +248,15 @@ class DaskBackend(Backend):
         return batches
 
     def _outcome(self, future: Any, output: tuple[float, bytes] | None) -> Batch:
-        sent = self.futures.pop(future.key)
-        chunk = sent.chunk
+        flight = self.futures.pop(future.key)
+        chunk = flight.chunk
         try:
             offset, data = future.result() if output is None else output
         except self.distributed.KilledWorker as error:
-            return self._killed(chunk, error, sent.sent)
+            return self._killed(chunk, error, flight.sent_at)
         except Exception as error:
-            if sent.payload.status != "finished":
-                return self._payload_lost(sent)
+            if flight.payload.status != "finished":
+                return self._payload_lost(flight)
             # Not the function's exception (run_chunk records those): the cluster failed.
             return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0)
         finally:
@@ -268,17 +268,17 @@ class DaskBackend(Backend):
             started[pos] += shift
         return batch
 
-    def _payload_lost(self, sent: _Submitted) -> Batch:
+    def _payload_lost(self, flight: _Submitted) -> Batch:
         """Every worker holding the payload died (a one-worker cluster, say), which cancels every
         chunk that needs it: send it again, once, and run those chunks' tasks anew."""
         assert self.payload is not None
-        if sent.payload is self.payload_future:
+        if flight.payload is self.payload_future:
             logger.warning("the dask workers holding the shared arguments died; sending them again")
             self.payload_future.release()
             self.payload_future = self._scatter(self.payload)
-        return _rerun(list(sent.chunk.indices))
+        return _rerun(list(flight.chunk.indices))
 
-    def _killed(self, chunk: Chunk, error: Any, sent: float) -> Batch:
+    def _killed(self, chunk: Chunk, error: Any, sent_at: float) -> Batch:
         if len(chunk) > 1:
             # Dask cannot say which task of the chunk killed its workers: run each alone.
             logger.warning("workers died running tasks %s; running each alone",
@@ -294,14 +294,14 @@ class DaskBackend(Backend):
         logger.warning("task %d killed %d dask worker(s)", index, error.allowed_failures + 1)
         return Batch.lost(
             index, WorkerCrashedError(index, None, detail), pid=getattr(worker, "pid", 0) or 0,
-            started=sent, elapsed=time.perf_counter() - sent,
+            started=sent_at, elapsed=time.perf_counter() - sent_at,
         )
 
     def _until_next_deadline(self, timeout: float | None) -> float | None:
         limit = self.options.timeout
         if limit is None:
             return timeout
-        oldest = min(sent.sent for sent in self.futures.values())
+        oldest = min(flight.sent_at for flight in self.futures.values())
         remaining = max(0.0, oldest + limit - time.perf_counter())
         return remaining if timeout is None else min(timeout, remaining)
 
@@ -311,23 +311,25 @@ class DaskBackend(Backend):
             return []
         now = time.perf_counter()
         batches = []
-        for key, sent in list(self.futures.items()):
-            if now - sent.sent < limit:
+        for key, flight in list(self.futures.items()):
+            if now - flight.sent_at < limit:
                 continue
             del self.futures[key]
-            sent.future.cancel(reason="parallel_jobs: the task overran its timeout")
-            sent.future.release()
-            chunk = sent.chunk
+            flight.future.cancel(reason="parallel_jobs: the task overran its timeout")
+            flight.future.release()
+            chunk = flight.chunk
             index = chunk.indices[0]
             logger.warning("task %d overran its timeout of %g s; cancelled its dask future",
                            index, limit)
             error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(Batch.lost(index, error, pid=0, started=sent.sent,
-                                      elapsed=now - sent.sent, requeue=list(chunk.indices[1:])))
+            batches.append(Batch.lost(
+                index, error, pid=0, started=flight.sent_at, elapsed=now - flight.sent_at,
+                requeue=list(chunk.indices[1:]),
+            ))
         return batches
 
     def shutdown(self, abort: bool = False) -> None:
-        futures = [sent.future for sent in self.futures.values()]
+        futures = [flight.future for flight in self.futures.values()]
         self.futures.clear()
         client, self.client = self.client, None
         cluster, self.cluster = self.cluster, None
