@@ -31,12 +31,15 @@ def slice_sum(i: int, data: Any, parts: int) -> float:
 
 
 def calibrate_burn(seconds: float) -> int:
-    """The ``burn`` argument that keeps this machine busy for about ``seconds``."""
+    """The ``burn`` argument that keeps a CPU busy for about ``seconds``.
+
+    Measured in CPU time, so that a neighbour's load while calibrating does not shrink the tasks.
+    """
     n = 200_000
     while True:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         burn(n)
-        took = time.perf_counter() - t0
+        took = time.process_time() - t0
         if took > 0.05:
             return int(n * seconds / took)
         n *= 4
