@@ -436,11 +436,13 @@ def test_fast_backend_survives_a_crash(how: str) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_fast_backend_dies_on_a_crash_without_waiting(tmp_path: Path) -> None:
+def test_fast_backend_dies_on_a_crash_without_waiting(start_method: str, tmp_path: Path) -> None:
+    # Under spawn the executor starts each process after waking its manager thread; unless
+    # woken again, the manager missed this crash until task 0 ended, 30 s later.
     marker = tmp_path / "died"
     with pytest.raises(WorkerCrashedError):
         parallelize(jobs.die_on, range(4), bad=1, how="kill", others=30.0, marker=str(marker),
-                    parallelizer="fast", ncpus=2, chunksize=1)
+                    parallelizer="fast", ncpus=2, chunksize=1, start_method=start_method)
     assert time.time() - float(marker.read_text()) < 5.0
 
 

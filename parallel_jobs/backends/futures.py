@@ -86,6 +86,12 @@ class FuturesBackend(Backend):
     def submit(self, chunk: Chunk) -> None:
         assert self.executor is not None
         self.futures[self.executor.submit(_run, chunk)] = (chunk, time.perf_counter())
+        # Outside fork, submit() wakes the executor's manager thread before starting the
+        # process for this task, so the manager may wait without watching it and miss its
+        # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.
+        wakeup = getattr(self.executor, "_executor_manager_thread_wakeup", None)
+        if wakeup is not None:
+            wakeup.wakeup()
 
     def collect(self, timeout: float | None) -> list[Batch]:
         limit = self.options.timeout
