@@ -273,6 +273,9 @@ class Parallel:
         self._runner: Runner | None = None
         self._status = _NOT_RUN
         self._thread = None
+        # Set when a background run has ended; Thread.join() cannot tell once Ctrl-C has
+        # interrupted it (CPython then marks a still-running thread as stopped).
+        self._finished = threading.Event()
         self._error = None
         self.results: list[Any] | None = None
         self.success: list[bool] | None = None
@@ -421,7 +424,8 @@ class Parallel:
         """
         if self.choice.is_async:
             self.run_async()
-            return self.finalize()
+            with _sigterm_as_interrupt():
+                return self.finalize()
         runner = self._begin()
         with _sigterm_as_interrupt():
             try:
@@ -434,12 +438,15 @@ class Parallel:
         """Start the run in the background and return at once; see :meth:`monitor` and
         :meth:`finalize`."""
         runner = self._begin()
+        finished = self._finished = threading.Event()
 
         def target() -> None:
             try:
                 runner.run()
             except BaseException as exc:
                 self._error = exc
+            finally:
+                finished.set()
 
         self._thread = threading.Thread(target=target, name="parallel_jobs-runner", daemon=True)
         self._thread.start()
@@ -463,6 +470,9 @@ class Parallel:
                 thread.join(interval)
                 running = thread.is_alive()
                 reporter.update(store.done, store.failed, runner.monitor.latest)
+        except KeyboardInterrupt:
+            self._stop_background()
+            raise
         finally:
             reporter.stop()
 
@@ -473,6 +483,10 @@ class Parallel:
             try:
                 while thread.is_alive():
                     thread.join(0.1)
+            except KeyboardInterrupt:
+                self._stop_background()
+                self._error = None  # the caller gets this very interrupt
+                raise
             finally:
                 if thread.is_alive():
                     self._thread = thread
@@ -482,6 +496,13 @@ class Parallel:
                 error, self._error = self._error, None
                 raise error
         return self
+
+    def _stop_background(self) -> None:
+        """On Ctrl-C while waiting for a background run, stop the run too: otherwise its
+        workers would go on, and the interpreter's exit would wait for them."""
+        assert self._runner is not None
+        self._runner.interrupt()
+        self._finished.wait(10.0)  # stopping takes milliseconds; never hang on a backend
 
     def _complete(self) -> None:
         """Turn the store into results, success, exceptions and times."""

@@ -219,6 +219,7 @@ class Runner:
                                target=backend.chunk_target, floor=backend.chunk_floor)
         self.source = TaskSource(plan.njobs)
         self.stopped = False
+        self.interrupted = False
         self.payload = plan.payload
         self.globaldict: Any = None
 
@@ -237,6 +238,12 @@ class Runner:
             abort = False
         finally:
             self._finish(abort)
+
+    def interrupt(self) -> None:
+        """Stop a run that another thread is running (on Ctrl-C in the caller's thread): that
+        thread raises KeyboardInterrupt and cleans up as usual, stopping the running tasks."""
+        self.interrupted = True
+        self.backend.wake()
 
     def _finish(self, abort: bool) -> None:
         try:
@@ -265,7 +272,11 @@ class Runner:
                 if wake is None:
                     continue
             waits = [w for w in (wake, self.reporter.wake_in()) if w is not None]
-            for batch in backend.collect(min(waits) if waits else None):
+            batches = backend.collect(min(waits) if waits else None)
+            if self.interrupted:
+                msg = "the run was interrupted while it ran in the background"
+                raise KeyboardInterrupt(msg)
+            for batch in batches:
                 self._absorb(batch)
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
 

@@ -112,7 +112,8 @@ def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -
 
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("parallelizer", ["default", "multiprocessing", "fast"])
+# '-async': the run goes on in a background thread while the caller waits in finalize().
+@pytest.mark.parametrize("parallelizer", ["default", "fast", "default-async", "fast-async"])
 def test_an_interrupt_stops_the_run_cleanly(
     start_method: str, parallelizer: str, how: str, tmp_path: Path
 ) -> None:

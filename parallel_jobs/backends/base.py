@@ -100,6 +100,14 @@ class Backend(abc.ABC):
         backends whose tasks share this process's memory."""
         return dict(initial)
 
+    def wake(self) -> None:
+        """Make a ``collect`` blocked in another thread return now; safe from any thread.
+
+        Called to end the run (``Runner.interrupt``), so a woken backend may keep returning at
+        once. Backends whose ``collect`` never blocks for long need not override this.
+        """
+        return None
+
     def worker_pids(self) -> Sequence[int]:
         """The process ids of the live workers (empty for in-process backends)."""
         return ()

@@ -55,6 +55,7 @@ class FuturesBackend(Backend):
         self.manager: Any = None
         self.futures: dict[cf.Future[bytes], tuple[Chunk, float]] = {}
         self.abandoned: set[cf.Future[bytes]] = set()
+        self.waker: cf.Future[bytes] = cf.Future()  # completed by wake()
 
     def start(self, payload: Payload) -> None:
         from .._shm import SharedArrays
@@ -93,16 +94,24 @@ class FuturesBackend(Backend):
         if wakeup is not None:
             wakeup.wakeup()
 
+    def wake(self) -> None:
+        try:
+            self.waker.set_result(b"")
+        except cf.InvalidStateError:
+            pass  # already woken
+
     def collect(self, timeout: float | None) -> list[Batch]:
         limit = self.options.timeout
         if limit is not None and self.futures:
             now = time.perf_counter()
             soonest = min(sent for _, sent in self.futures.values()) + limit - now
             timeout = max(0.0, soonest) if timeout is None else min(timeout, max(0.0, soonest))
-        done, _ = cf.wait(list(self.futures), timeout, return_when=cf.FIRST_COMPLETED)
+        done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False
         for future in done:
+            if future is self.waker:
+                continue
             chunk, _ = self.futures.pop(future)
             try:
                 batches.append(pickle.loads(future.result()))

@@ -109,10 +109,12 @@ class ProcessPoolBackend(Backend):
         self.manager: Any = None
         self.seed_base: int | None = None
         self.started_workers = 0
+        self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, payload: Payload) -> None:
+        self.waker = self.context.Pipe(duplex=False)
         forked = self.context.get_start_method() == "fork"
         if forked:
             self.payload = payload
@@ -173,6 +175,10 @@ class ProcessPoolBackend(Backend):
             if self.shared is not None:
                 self.shared.close()
                 self.shared = None
+            if self.waker is not None:
+                for end in self.waker:
+                    end.close()
+                self.waker = None
             if self.manager is not None:
                 self.manager.shutdown()
                 self.manager = None
@@ -217,24 +223,34 @@ class ProcessPoolBackend(Backend):
         worker.chunk = chunk
         worker.conn.send_bytes(message)
 
+    def wake(self) -> None:
+        waker = self.waker
+        if waker is not None:
+            try:
+                waker[1].send_bytes(b"")
+            except OSError:
+                pass  # closed by a shutdown in the meantime: nothing left to wake
+
     def collect(self, timeout: float | None) -> list[Batch]:
         busy = [w for w in self.workers if w is not None and w.chunk is not None]
         if not busy:
             return []
         wait_for = self._until_next_deadline(busy, timeout)
-        handles: dict[Any, _Worker] = {}
+        handles: dict[Any, _Worker | None] = {}
         for worker in busy:
             handles[worker.conn] = worker
             handles[worker.process.sentinel] = worker
+        if self.waker is not None:
+            handles[self.waker[0]] = None
         ready = self.wait(list(handles), wait_for)
         batches: list[Batch] = []
         seen: set[int] = set()
         for handle in ready:
-            worker = handles[handle]
-            if worker.number in seen:
-                continue
-            seen.add(worker.number)
-            batch = self._receive(worker)
+            owner = handles[handle]
+            if owner is None or owner.number in seen:
+                continue  # the waker, or a worker whose pipe and sentinel are both ready
+            seen.add(owner.number)
+            batch = self._receive(owner)
             if batch is not None:
                 batches.append(batch)
         batches.extend(self._expire(busy))

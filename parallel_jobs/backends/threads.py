@@ -69,7 +69,8 @@ class ThreadBackend(Backend):
         super().__init__(options)
         # A timed-out task is abandoned with its thread: give each task its own chunk then.
         self.max_chunk = 1 if (options.copy or options.timeout is not None) else None
-        self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch | BaseException]] = (
+        # None is a wake-up call (see wake()), not a batch.
+        self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch | BaseException] | None] = (
             queue.SimpleQueue())
         self.workers: list[_ThreadWorker] = []
         self.payload: Payload | None = None
@@ -92,6 +93,9 @@ class ThreadBackend(Backend):
         worker = next(w for w in self.workers if w.chunk is None)
         worker.chunk = chunk
         worker.inbox.put(chunk)
+
+    def wake(self) -> None:
+        self.outbox.put(None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
         limit = self.options.timeout
