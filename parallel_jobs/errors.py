@@ -71,7 +71,8 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
 
     Attributes:
         index: the index of the task that was running, or None when no task was.
-        exitcode: the worker's exit status as ``multiprocessing`` reports it (negative for a signal).
+        exitcode: the worker's exit status as ``multiprocessing`` reports it (minus the signal
+            number when a signal killed it), or None when the backend cannot tell.
         signal: the name of the signal that killed the worker (``'SIGKILL'``), or None.
     """
 
