@@ -232,8 +232,12 @@ class Runner:
                 kwargs = {**self.payload.kwargs, "globaldict": shared}
                 self.payload = attrs.evolve(self.payload, kwargs=kwargs)
             self.backend.start(self.payload)
-            self.monitor.start()
             self.reporter.start(self.plan.njobs)
+            if self.gate is None:
+                # No chunk waits for a load sample, so the first ones go out before the monitor
+                # reads /proc for its first sample: that millisecond overlaps the first tasks.
+                self._dispatch()
+            self.monitor.start()
             self._loop()
             abort = False
         finally:
