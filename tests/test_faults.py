@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -63,10 +64,10 @@ def test_a_crash_costs_only_the_task_that_crashed(start_method: str, how: str) -
     assert P.results == [x * x if x != 3 else None for x in range(10)]
     assert P.success == [x != 3 for x in range(10)]
     error = P.exceptions[3]
-    exitcode, signal, cause = DEATHS[how]
+    exitcode, signame, cause = DEATHS[how]
     assert isinstance(error, WorkerCrashedError)
     assert isinstance(error, RuntimeError)
-    assert (error.index, error.exitcode, error.signal) == (3, exitcode, signal)
+    assert (error.index, error.exitcode, error.signal) == (3, exitcode, signame)
     assert "task 3" in str(error)
     assert cause in str(error)
     assert "faulthandler" in str(error)
@@ -128,6 +129,34 @@ def test_a_worker_dying_outside_any_task_fails_its_chunk_and_says_when() -> None
     assert isinstance(error, WorkerCrashedError)
     assert (error.index, error.exitcode) == (2, 4)
     assert "outside any task" in str(error)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("reaped", [False, True], ids=["zombie", "reaped-by-someone-else"])
+def test_a_worker_killed_while_idle_is_replaced_before_its_next_task(reaped: bool) -> None:
+    # The callback runs in the parent between tasks: there it kills the idle worker, as the
+    # out-of-memory killer may. "Reaped": a SIGCHLD handler elsewhere in the program collected
+    # the dead worker's status, so multiprocessing still believes it alive.
+    killed: list[int] = []
+
+    def kill_worker_once(data: dict[str, Any]) -> None:
+        if killed:
+            return
+        pid = data["outdict"]["result"]
+        os.kill(pid, signal.SIGKILL)
+        if reaped:
+            os.waitpid(pid, 0)
+        else:
+            while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.001)
+        killed.append(pid)
+
+    P = Parallel(jobs.pid, range(4), ncpus=1, chunksize=1, callback=kill_worker_once,
+                 start_method="fork").run()
+    assert P.results is not None
+    assert all(P.success)
+    assert P.results[0] == killed[0]
+    assert killed[0] not in P.results[1:]
 
 
 def test_crash_errors_survive_pickling() -> None:

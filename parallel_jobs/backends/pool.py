@@ -220,8 +220,15 @@ class ProcessPoolBackend(Backend):
         if worker is None:
             worker = self._spawn(number)
         message = _encode_chunk(chunk)
+        try:
+            worker.conn.send_bytes(message)
+        except OSError:
+            # It died idle (killed, and reaped by someone else's SIGCHLD handler, so it still
+            # looked alive): the chunk never reached it, so a fresh worker gets it.
+            self._discard(worker)
+            worker = self._spawn(number)
+            worker.conn.send_bytes(message)
         worker.chunk = chunk
-        worker.conn.send_bytes(message)
 
     def wake(self) -> None:
         waker = self.waker
