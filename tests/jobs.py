@@ -298,3 +298,19 @@ def exit_on(x: int, bad: int = 1) -> int:
     if x == bad:
         sys.exit(3)
     return x
+
+
+def start_child_then_hang(x: int, folder: str, slow: int = 1) -> int:
+    """Task ``slow`` starts a child process of its own (a sleeping Python), writes its pid into
+    ``folder/grandchild``, then hangs for 30 s: stopping the task must stop both."""
+    if x == slow:
+        import subprocess
+        import sys
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        path = os.path.join(folder, "grandchild")
+        with open(path + ".tmp", "w") as fh:
+            fh.write(str(child.pid))
+        os.replace(path + ".tmp", path)
+        time.sleep(30)
+    return x

@@ -195,6 +195,21 @@ def test_timeout_stops_an_overrunning_task_and_the_rest_go_on(start_method: str)
 
 
 @pytest.mark.timeout(30)
+def test_timeout_stops_the_processes_a_task_started_too(tmp_path: Path) -> None:
+    P = Parallel(jobs.start_child_then_hang, range(3), folder=str(tmp_path), timeout=0.5,
+                 ncpus=2, chunksize=1, die=False)
+    run_tolerant(P)
+    assert P.results == [0, None, 2]
+    assert isinstance(P.exceptions[1], TaskTimeoutError)
+    grandchild = int((tmp_path / "grandchild").read_text())
+    # Killed already; a zombie until init reaps it, which it may do at leisure.
+    deadline = time.monotonic() + 5
+    while not gone(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone(grandchild)
+
+
+@pytest.mark.timeout(30)
 def test_timeout_with_die_raises_at_once(start_method: str) -> None:
     started = time.perf_counter()
     with pytest.raises(TaskTimeoutError) as info:
