@@ -39,8 +39,14 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     leftover = _children() - before
     if leftover:
-        gone, alive = psutil.wait_procs([psutil.Process(p) for p in leftover if psutil.pid_exists(p)],
-                                        timeout=3)
+        procs = []
+        for pid in leftover:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        # A worker may still be exiting when the test returns: give it a moment to go.
+        _, alive = psutil.wait_procs(procs, timeout=3)
         for proc in alive:
             proc.kill()
         assert not alive, f"test left child processes running: {[p.pid for p in alive]}"
