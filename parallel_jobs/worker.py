@@ -11,6 +11,7 @@ loads.
 
 from __future__ import annotations
 
+import ctypes  # imported here, in the parent, so that forked workers start without the cost
 import os
 import pickle
 import signal
@@ -225,6 +226,7 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
     """
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     # What cannot be unpickled here is answered, chunk by chunk, with an exception in place of
     # a batch: dying instead would only leave the reason on this process's stderr.
     refusal: SerializationError | None = None
@@ -261,6 +263,24 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
             conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
             return
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the thread that started it ends.
+
+    That thread is the run's (the caller's or the background runner's), which outlives every
+    worker it starts unless the whole process dies; then the parent had no chance to stop its
+    workers (SIGKILL, the out-of-memory killer), and a hung task would run on for hours.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # no prctl in this libc: the worker still ends at its next read from the parent
 
 
 def _unpickling_error(what: str, exc: Exception) -> SerializationError:

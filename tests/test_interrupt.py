@@ -7,12 +7,14 @@ once its tasks are known to be running: each writes its pid into a folder first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_faults import gone
 
 SCRIPT = """
 import json, os, sys, time
@@ -75,8 +78,9 @@ def _wait_for(condition: Any, what: str, seconds: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -> dict[str, Any]:
-    """Run the script, signal it once tasks 2 and 3 run, and return what it printed."""
+@contextlib.contextmanager
+def _running(tmp_path: Path, start_method: str, parallelizer: str) -> Iterator[Any]:
+    """Start the script in its own session; yield it once tasks 2 and 3 are running."""
     script = tmp_path / "interrupted_run.py"
     script.write_text(SCRIPT)
     folder = tmp_path / "tasks"
@@ -90,6 +94,16 @@ def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -
         _wait_for(lambda: all(p.exists() for p in running) or proc.poll() is not None,
                   "tasks 2 and 3 to start")
         assert proc.poll() is None, proc.communicate()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -> dict[str, Any]:
+    """Run the script, signal it once tasks 2 and 3 run, and return what it printed."""
+    with _running(tmp_path, start_method, parallelizer) as proc:
         if start_method == "spawn":
             prefix = f"parallel_jobs_{proc.pid}_"
             assert any(n.startswith(prefix) for n in os.listdir("/dev/shm"))
@@ -100,10 +114,6 @@ def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -
         else:
             os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, err
     report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     report["latency"] = report["caught"] - sent
@@ -132,3 +142,21 @@ def test_an_interrupt_stops_the_run_cleanly(
     assert report["latency"] < 5.0, f"the interrupt took {report['latency']:.2f} s"
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
                    for pid in report["pids"])
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("parallelizer", ["default", "default-async"])
+def test_workers_die_with_a_parent_killed_outright(
+    start_method: str, parallelizer: str, tmp_path: Path
+) -> None:
+    # SIGKILL (the out-of-memory killer may pick the parent) leaves the parent no chance to
+    # stop its workers: the kernel must, or the two tasks would sleep on for 30 s.
+    with _running(tmp_path, start_method, parallelizer) as proc:
+        pids = [int(p.read_text()) for p in (tmp_path / "tasks").glob("running-[0-9]")]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=20)
+        deadline = time.monotonic() + 5
+        while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(pids) == 2
+    assert all(gone(pid) for pid in pids)
