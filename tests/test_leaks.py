@@ -1,9 +1,10 @@
 """Runs leave nothing behind: 100 runs in a row, clean and failing, under every local backend,
-leave this process with the threads, file descriptors, child processes and shared-memory
-segments it had before."""
+leave this process with no more threads, file descriptors, child processes or shared-memory
+segments than it had before."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ SHM = Path("/dev/shm")
 
 
 def snapshot() -> dict[str, int]:
+    gc.collect()  # a handle dropped but not yet collected is no leak
     me = psutil.Process()
     return {
         "threads": threading.active_count(),
@@ -84,4 +86,7 @@ def test_a_hundred_runs_leave_nothing_behind() -> None:
         run = spawned_run_with_shared_array if number % 25 == 0 else CYCLE[number % len(CYCLE)]
         run()
         assert snapshot()["children"] == before["children"], f"run {number} ({run.__name__})"
-    assert snapshot() == before
+    after = snapshot()
+    # Fewer is fine: a thread or handle left by an earlier test may end meanwhile.
+    grown = {key: (before[key], after[key]) for key in before if after[key] > before[key]}
+    assert grown == {}, f"(before, after): {grown}"
