@@ -35,9 +35,62 @@ _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
 class Times(dict[str, Any]):
-    """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``)."""
+    """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``).
+
+    ``jobs`` (each task's seconds) is built from the run's store the first time it is read: a
+    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, Callable[[], Any]] = {}
+
+    def defer(self, key: str, build: Callable[[], Any]) -> None:
+        """Make ``build()`` the value of ``key``, computed on first read."""
+        self[key] = None
+        self._pending[key] = build
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, build in pending.items():
+            dict.__setitem__(self, key, build())
+
+    def __getitem__(self, key: str) -> Any:
+        if self._pending:
+            self._settle()
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._pending.pop(key, None)
+        dict.__setitem__(self, key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (dict.get skips _settle)
+
+    def items(self) -> Any:
+        self._settle()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._settle()
+        return dict.values(self)
+
+    def copy(self) -> Times:
+        self._settle()
+        return Times(self)
+
+    def __repr__(self) -> str:
+        self._settle()
+        return dict.__repr__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._settle()
+        return dict.__eq__(self, other)
+
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:
@@ -277,14 +330,60 @@ class Parallel:
         # interrupted it (CPython then marks a still-running thread as stopped).
         self._finished = threading.Event()
         self._error = None
-        self.results: list[Any] | None = None
-        self.success: list[bool] | None = None
-        self.exceptions: list[BaseException | None] | None = None
-        self.skipped: list[bool] | None = None
+        self._lists: dict[str, Any] = {}
         self.globaldict: dict[str, Any] | None = None
         self.load_samples: list[LoadSample] = []
         self.times = Times(started=None, finished=None, elapsed=None, jobs=None)
         self._t0 = 0.0
+
+    def _list(self, name: str, build: Callable[[ResultStore], list[Any]]) -> Any:
+        # The per-task lists are built from the store when first read, not at the end of every
+        # run: parallelize() reads only the results.
+        if name not in self._lists:
+            store = self._store
+            if store is None or self._status != _DONE:
+                return None
+            self._lists[name] = build(store)
+        return self._lists[name]
+
+    @property
+    def results(self) -> list[Any] | None:
+        """Each task's return value, in input order (None for a failed or skipped task)."""
+        return self._list("results", lambda store: store.values)
+
+    @results.setter
+    def results(self, value: list[Any] | None) -> None:
+        self._lists["results"] = value
+
+    @property
+    def success(self) -> list[bool] | None:
+        """Whether each task succeeded."""
+        return self._list(
+            "success", lambda store: [state == SUCCEEDED for state in store.state])
+
+    @success.setter
+    def success(self, value: list[bool] | None) -> None:
+        self._lists["success"] = value
+
+    @property
+    def skipped(self) -> list[bool] | None:
+        """Whether each task never ran because the run stopped early (die, Ctrl-C, callback)."""
+        return self._list(
+            "skipped", lambda store: [state == CANCELLED for state in store.state])
+
+    @skipped.setter
+    def skipped(self, value: list[bool] | None) -> None:
+        self._lists["skipped"] = value
+
+    @property
+    def exceptions(self) -> list[BaseException | None] | None:
+        """What each task raised (or what stopped it: a crash, a timeout), else None."""
+        return self._list(
+            "exceptions", lambda store: [store.exception(i) for i in range(store.njobs)])
+
+    @exceptions.setter
+    def exceptions(self, value: list[BaseException | None] | None) -> None:
+        self._lists["exceptions"] = value
 
     @property
     def running(self) -> bool:
@@ -509,19 +608,15 @@ class Parallel:
         store, runner = self._store, self._runner
         assert store is not None
         assert runner is not None
-        self.results = list(store.values)
-        self.success = [state == SUCCEEDED for state in store.state]
-        self.skipped = [state == CANCELLED for state in store.state]
-        self.exceptions = [store.exception(i) for i in range(self.njobs)]
         finished = datetime.datetime.now()
         self.times["finished"] = finished
         self.times["elapsed"] = time.perf_counter() - self._t0
-        self.times["jobs"] = list(store.elapsed)
+        self.times.defer("jobs", lambda: list(store.elapsed))
         self.globaldict = runner.globaldict
         self.load_samples = list(runner.monitor.samples)
         self._status = _DONE
-        ran = self.njobs - sum(self.skipped)
-        succeeded = sum(self.success)
+        ran = self.njobs - store.cancelled
+        succeeded = store.succeeded
         if not self.die and succeeded < ran:
             msg = (
                 f"only {succeeded} of {ran} tasks succeeded; see the exceptions attribute "

@@ -21,50 +21,62 @@ PENDING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3
 class ResultStore:
     """Per-task values, states, timings and failures of a run of ``njobs`` tasks.
 
-    Times are kept as the workers measured them (``perf_counter``) and converted to wall-clock
-    time with one offset taken when the store was made.
+    Columns are as narrow as their meaning allows (a run of 200,000 tasks keeps 23 bytes of
+    bookkeeping per task): start times are float32 seconds since the store was made, durations
+    float32 seconds, peak memory in KiB. Start times are converted back to wall-clock time with
+    one offset taken when the store was made.
     """
 
     def __init__(self, njobs: int) -> None:
         self.njobs = njobs
         self.values: list[Any] = [None] * njobs
         self.state = zeros("b", njobs)
-        self.started = zeros("d", njobs)
-        self.elapsed = zeros("d", njobs)
-        self.cpu_time = zeros("d", njobs)
-        self.peak_rss = zeros("q", njobs)
-        self.pid = zeros("q", njobs)
+        self.started = zeros("f", njobs)
+        self.elapsed = zeros("f", njobs)
+        self.cpu_time = zeros("f", njobs)
+        self.peak_kib = zeros("I", njobs)
+        self.pid = zeros("i", njobs)
         self.attempts = zeros("H", njobs)
         self.failures: dict[int, Failure] = {}
         self.done = 0
         self.failed = 0
-        self.wall_offset = time.time() - time.perf_counter()
+        self.cancelled = 0
+        self.origin = time.perf_counter()
+        self.wall_origin = time.time()
+
+    @property
+    def succeeded(self) -> int:
+        """How many tasks have succeeded so far."""
+        return self.done - self.failed
 
     def record(self, batch: Batch, final_failures: set[int]) -> None:
         """Store ``batch``; positions not in ``final_failures`` but failed are being retried and
         are recorded only as an attempt."""
         indices = batch.indices
         failures = batch.failures
+        origin = self.origin
         if not failures and type(indices) is range and indices.step == 1:
             # The hot path: a clean chunk of consecutive tasks, stored by slice assignment.
             lo, hi = indices.start, indices.stop
+            n = hi - lo
             self.values[lo:hi] = batch.values
-            self.state[lo:hi] = array("b", bytes([SUCCEEDED])) * (hi - lo)
-            self.started[lo:hi] = batch.started
-            self.elapsed[lo:hi] = batch.elapsed
-            self.cpu_time[lo:hi] = batch.cpu_time
-            self.peak_rss[lo:hi] = batch.peak_rss
-            self.pid[lo:hi] = array("q", [batch.pid]) * (hi - lo)
+            self.state[lo:hi] = array("b", bytes([SUCCEEDED])) * n
+            self.started[lo:hi] = array("f", [t - origin if t else 0.0 for t in batch.started])
+            self.elapsed[lo:hi] = array("f", batch.elapsed)
+            self.cpu_time[lo:hi] = array("f", batch.cpu_time)
+            self.peak_kib[lo:hi] = array("I", [b >> 10 for b in batch.peak_rss])
+            self.pid[lo:hi] = array("i", [batch.pid]) * n
             # A range chunk is always a first attempt: retries and requeues travel as lists.
-            self.attempts[lo:hi] = array("H", [1]) * (hi - lo)
-            self.done += hi - lo
+            self.attempts[lo:hi] = array("H", [1]) * n
+            self.done += n
             return
         for pos, index in enumerate(indices):
             self.attempts[index] += 1
-            self.started[index] = batch.started[pos]
+            started = batch.started[pos]
+            self.started[index] = started - origin if started else 0.0
             self.elapsed[index] = batch.elapsed[pos]
             self.cpu_time[index] = batch.cpu_time[pos]
-            self.peak_rss[index] = batch.peak_rss[pos]
+            self.peak_kib[index] = batch.peak_rss[pos] >> 10
             self.pid[index] = batch.pid
             failure = failures.get(pos)
             if failure is None:
@@ -81,11 +93,14 @@ class ResultStore:
 
     def cancel_pending(self) -> int:
         """Mark every task that never finished as cancelled; return how many."""
+        if self.done + self.cancelled == self.njobs:
+            return 0
         count = 0
         for index, state in enumerate(self.state):
             if state == PENDING:
                 self.state[index] = CANCELLED
                 count += 1
+        self.cancelled += count
         return count
 
     def exception(self, index: int) -> BaseException | None:
@@ -96,8 +111,8 @@ class ResultStore:
     def task_result(self, index: int) -> TaskResult:
         """The :class:`TaskResult` of task ``index``."""
         failure = self.failures.get(index)
-        started = self.started[index]
-        wall = started + self.wall_offset if started else 0.0
+        ran = self.attempts[index] > 0
+        wall = self.wall_origin + self.started[index] if ran else 0.0
         return TaskResult(
             index=index,
             value=self.values[index],
@@ -105,10 +120,10 @@ class ResultStore:
             exception=None if failure is None else failure.exception,
             traceback="" if failure is None else failure.traceback,
             started=wall,
-            finished=wall + self.elapsed[index] if started else 0.0,
+            finished=wall + self.elapsed[index] if ran else 0.0,
             elapsed=self.elapsed[index],
             cpu_time=self.cpu_time[index],
-            peak_rss=self.peak_rss[index],
+            peak_rss=self.peak_kib[index] << 10,
             pid=self.pid[index],
             attempts=self.attempts[index],
         )
