@@ -99,6 +99,7 @@ class LoadMonitor:
         self._clock = clock
         self.samples: list[LoadSample] = []
         self._stop = threading.Event()
+        self._stop.set()  # cleared by start(); stop() before start() does nothing
         self._thread: threading.Thread | None = None
 
     @property
@@ -113,10 +114,23 @@ class LoadMonitor:
         self.samples.append(reading)
         return reading
 
-    def start(self) -> None:
-        """Take a first sample and start sampling every ``interval`` seconds."""
+    def start(self, background: bool = True) -> None:
+        """Take a first sample and, with ``background``, start sampling every ``interval``
+        seconds (see :meth:`follow`)."""
         self.sample()
         self._stop.clear()
+        if background:
+            self.follow()
+
+    @property
+    def following(self) -> bool:
+        """Whether the sampling thread runs."""
+        return self._thread is not None
+
+    def follow(self) -> None:
+        """Start the sampling thread (once)."""
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(target=self._loop, name="parallel_jobs-monitor",
                                         daemon=True)
         self._thread.start()
@@ -126,13 +140,15 @@ class LoadMonitor:
             self.sample()
 
     def stop(self) -> None:
-        """Stop the thread at once and take a final sample."""
-        if self._thread is None:
+        """Stop the thread at once and take a final sample (once, after :meth:`start`)."""
+        if self._thread is None and self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join()
-        self._thread = None
-        self.sample()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.samples:
+            self.sample()
 
 
 class LoadGate:

@@ -37,6 +37,9 @@ __all__ = ["Chunker", "RunPlan", "Runner", "TaskSource"]
 
 logger = logging.getLogger("parallel_jobs")
 
+MONITOR_DELAY = 0.05
+"""Seconds a run lasts before its LoadMonitor starts sampling on a thread."""
+
 
 @attrs.frozen(slots=True)
 class RunPlan:
@@ -219,6 +222,7 @@ class Runner:
                                target=backend.chunk_target, floor=backend.chunk_floor)
         self.source = TaskSource(plan.njobs)
         self.stopped = False
+        self._monitor_due = 0.0
         self.interrupted = False
         self.payload = plan.payload
         self.globaldict: Any = None
@@ -237,7 +241,10 @@ class Runner:
                 # No chunk waits for a load sample, so the first ones go out before the monitor
                 # reads /proc for its first sample: that millisecond overlaps the first tasks.
                 self._dispatch()
-            self.monitor.start()
+            # A run over within MONITOR_DELAY never starts the sampling thread: its first and
+            # final samples say all there is, and a thread start costs a short run 10%.
+            self.monitor.start(background=self.gate is not None)
+            self._monitor_due = time.monotonic() + MONITOR_DELAY
             self._loop()
             abort = False
         finally:
@@ -275,14 +282,26 @@ class Runner:
                     return
                 if wake is None:
                     continue
-            waits = [w for w in (wake, self.reporter.wake_in()) if w is not None]
-            batches = backend.collect(min(waits) if waits else None)
+            waits = [wake, self.reporter.wake_in(), self._monitor_wake()]
+            timeout = min((w for w in waits if w is not None), default=None)
+            batches = backend.collect(timeout)
             if self.interrupted:
                 msg = "the run was interrupted while it ran in the background"
                 raise KeyboardInterrupt(msg)
             for batch in batches:
                 self._absorb(batch)
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+
+    def _monitor_wake(self) -> float | None:
+        """Start the monitor's thread once the run has lasted MONITOR_DELAY; until then, the
+        seconds left, so that a long first task does not keep it from starting."""
+        if self.monitor.following:
+            return None
+        remaining = self._monitor_due - time.monotonic()
+        if remaining > 0:
+            return remaining
+        self.monitor.follow()
+        return None
 
     def _dispatch(self) -> float | None:
         """Submit chunks while the backend has room; return seconds until the gate reopens."""
