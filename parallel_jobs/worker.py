@@ -210,6 +210,21 @@ def encode_batch(batch: Batch) -> bytes:
     return dumps(batch)
 
 
+def draw_seed() -> int | None:
+    """One draw from the caller's NumPy global RNG (as sciris does), from which each worker's
+    seed is derived; None when the caller has not imported NumPy.
+
+    Workers are seeded, not tasks: reseeding before every task would cost tiny tasks more than
+    they take. Tasks in different workers draw different numbers, but which task gets which
+    numbers depends on scheduling, so a seeded caller does not reproduce them; tasks that need
+    reproducible randomness take a seed among their arguments.
+    """
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    return int(np.random.randint(0, 2**31 - 1))
+
+
 def _reseed_numpy(seed: int | None) -> None:
     # Forked workers inherit the parent's NumPy RNG state; give each worker its own stream.
     np = sys.modules.get("numpy")

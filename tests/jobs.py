@@ -314,3 +314,10 @@ def start_child_then_hang(x: int, folder: str, slow: int = 1) -> int:
         os.replace(path + ".tmp", path)
         time.sleep(30)
     return x
+
+
+def draw_random(_: Any = None) -> float:
+    """A number from NumPy's global RNG, as a simulation seeded by its caller would draw."""
+    import numpy as np
+
+    return float(np.random.random())

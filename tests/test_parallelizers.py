@@ -265,3 +265,32 @@ def test_parallelizers_table_lists_every_name() -> None:
     for name in NAMES:
         if name is not None:
             assert pj.PARALLELIZERS[name] == NAMES[name]
+
+
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "multiprocessing", "fast"])
+def test_process_workers_do_not_share_the_callers_numpy_rng(parallelizer: str) -> None:
+    # Forked workers start with a copy of the caller's RNG state: unless each is reseeded,
+    # two tasks in different workers draw the same "random" number.
+    np = pytest.importorskip("numpy")
+    np.random.seed(1)
+    draws = parallelize(jobs.draw_random, 8, ncpus=2, parallelizer=parallelizer, chunksize=1)
+    assert len(set(draws)) == 8
+
+
+@pytest.mark.timeout(20)
+def test_thread_timeout_stops_waiting_for_a_task_running_alone() -> None:
+    release = threading.Event()
+
+    def wait_for_release(_: int) -> bool:
+        return release.wait(30)
+
+    try:
+        P = Parallel(wait_for_release, [0], parallelizer="thread", timeout=0.05, die=False)
+        with pytest.warns(RuntimeWarning, match="0 of 1"):
+            P.run()
+    finally:
+        release.set()
+    assert P.exceptions is not None
+    error = P.exceptions[0]
+    assert isinstance(error, pj.TaskTimeoutError)
+    assert error.stopped is False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import pickle
 import time
 from collections.abc import Mapping, MutableMapping
@@ -19,7 +20,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import encode_batch, run_chunk
+from ..worker import _reseed_numpy, draw_seed, encode_batch, run_chunk
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
 
 __all__ = ["FuturesBackend"]
@@ -27,11 +28,13 @@ __all__ = ["FuturesBackend"]
 _PAYLOAD: Payload | None = None
 
 
-def _initialize(blob: bytes) -> None:
+def _initialize(blob: bytes, seed: int | None) -> None:
     global _PAYLOAD
     from .._shm import loads_payload
 
     _PAYLOAD = loads_payload(blob)
+    # Forked executor workers share the caller's NumPy RNG state; the pid tells them apart.
+    _reseed_numpy(None if seed is None else seed + 7919 * os.getpid())
 
 
 def _run(chunk: Chunk) -> bytes:
@@ -68,7 +71,7 @@ class FuturesBackend(Backend):
     def _new_executor(self) -> None:
         self.executor = cf.ProcessPoolExecutor(
             max_workers=self.options.ncpus, mp_context=self.context,
-            initializer=_initialize, initargs=(self.blob,),
+            initializer=_initialize, initargs=(self.blob, draw_seed()),
         )
         logger.debug("started a concurrent.futures pool of %d processes", self.options.ncpus)
 

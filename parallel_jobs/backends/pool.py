@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, dumps, worker_main
+from ..worker import IDLE, draw_seed, dumps, worker_main
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method"]
@@ -118,10 +118,7 @@ class ProcessPoolBackend(Backend):
         forked = self.context.get_start_method() == "fork"
         if forked:
             self.payload = payload
-        np = sys.modules.get("numpy")
-        if np is not None:
-            # One draw from the caller's global RNG, as sciris does, so a seeded caller reproduces.
-            self.seed_base = int(np.random.randint(0, 2**31 - 1))
+        self.seed_base = draw_seed()
         for number in range(len(self.workers)):
             self._spawn(number)
         if not forked:

@@ -92,6 +92,10 @@ class ThreadBackend(Backend):
     def submit(self, chunk: Chunk) -> None:
         worker = next(w for w in self.workers if w.chunk is None)
         worker.chunk = chunk
+        if self.options.timeout is not None:
+            # Start the clock now: collect() may wait before the thread records the start.
+            worker.slot[0] = chunk.indices[0]
+            worker.slot[1] = time.perf_counter()
         worker.inbox.put(chunk)
 
     def wake(self) -> None:
