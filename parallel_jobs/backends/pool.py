@@ -10,6 +10,11 @@
         <------------------- send_bytes(pickle(batch)) -- encode_batch()
         sentinel fires  -> the worker died: read slot, fail that task, requeue the rest, replace it
         slot too old    -> the task overran: kill the worker tree, fail that task, requeue the rest
+        waker pipe      -> Runner.interrupt() from another thread: return, the Runner stops
+
+A worker that cannot unpickle what it was sent answers with a SerializationError instead of a
+batch; a worker ignores SIGINT (the parent decides) and, on Linux, dies with the parent thread
+that started it (PR_SET_PDEATHSIG), so no worker outlives a parent killed outright.
 
 Nothing polls: the parent blocks on result pipes and process sentinels together, so a dead worker
 is seen the moment it dies, and the only timer is the earliest task deadline. The payload
