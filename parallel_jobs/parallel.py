@@ -575,6 +575,15 @@ class Parallel:
         finally:
             reporter.stop()
 
+    def stop(self) -> None:
+        """Start no further tasks of a background run; tasks already running finish.
+
+        The tasks that never started are marked in ``skipped``, with None results, once
+        :meth:`finalize` gathers the run (as with sciris' ``Parallel.stop()``).
+        """
+        if self._runner is not None and self.running:
+            self._runner.stopped = True
+
     def finalize(self) -> Parallel:
         """Wait for a background run, gather its results, and re-raise its error if any."""
         if self._thread is not None:

@@ -321,3 +321,10 @@ def draw_random(_: Any = None) -> float:
     import numpy as np
 
     return float(np.random.random())
+
+
+def announce_then_wait(x: int, folder: str) -> int:
+    """Write ``folder/started-x``, then return ``x`` once ``folder/go`` exists (30 s at most)."""
+    with open(os.path.join(folder, f"started-{x}"), "w"):
+        pass
+    return int(wait_for_path(x, os.path.join(folder, "go")))

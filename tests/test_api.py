@@ -569,6 +569,21 @@ def test_run_async_runs_in_the_background(tmp_path: Path, parallelizer: str) -> 
 
 
 @pytest.mark.timeout(30)
+def test_stop_starts_no_further_tasks_of_a_background_run(tmp_path: Path) -> None:
+    P = Parallel(jobs.announce_then_wait, list(range(10)), folder=str(tmp_path), ncpus=2,
+                 chunksize=1)
+    P.run_async()
+    for x in (0, 1):  # both workers are busy with a task that waits for "go"
+        jobs.wait_for_path(None, str(tmp_path / f"started-{x}"))
+    P.stop()
+    (tmp_path / "go").touch()
+    P.finalize()
+    assert P.results == [0, 1] + [None] * 8
+    assert P.skipped == [False] * 2 + [True] * 8
+    assert not (tmp_path / "started-2").exists()
+
+
+@pytest.mark.timeout(30)
 def test_monitor_follows_a_background_run(tmp_path: Path,
                                           capfd: pytest.CaptureFixture[str]) -> None:
     gate = tmp_path / "go"
