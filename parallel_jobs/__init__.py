@@ -4,7 +4,7 @@ A drop-in for ``sciris.parallelize`` / ``sciris.Parallel`` that survives crashed
 workers, chunks tiny tasks, shares big arrays without copying, shows progress and load, and
 reports where the time and memory went.
 
-Example:
+Examples:
     >>> import parallel_jobs as pj
     >>> def square(x):
     ...     return x * x

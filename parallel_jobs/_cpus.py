@@ -33,7 +33,7 @@ def _cgroup_quota() -> float | None:
 def cpu_count() -> int:
     """The number of CPUs this process may use: its CPU affinity, capped by any cgroup quota.
 
-    Example:
+    Examples:
         >>> cpu_count() >= 1
         True
     """

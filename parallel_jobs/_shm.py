@@ -85,7 +85,7 @@ def _write_all(fd: int, data: memoryview) -> None:
 class SharedArrays:
     """Owns the shared-memory segments of one run.
 
-    Example:
+    Examples:
         >>> owner = SharedArrays()
         >>> blob = owner.dumps({"x": 1})
         >>> loads_payload(blob)

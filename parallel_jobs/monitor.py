@@ -80,7 +80,7 @@ class LoadMonitor:
         sampler: returns ``(cpu, memory, available)``; psutil by default.
         clock: wall-clock time source for the samples.
 
-    Example:
+    Examples:
         >>> monitor = LoadMonitor(interval=60, sampler=lambda: (0.5, 0.25, 1024), clock=lambda: 0.0)
         >>> monitor.sample()
         LoadSample(time=0.0, cpu=0.5, memory=0.25, available=1024)
@@ -159,7 +159,7 @@ class LoadGate:
     often. It never starves a run: with none of the run's tasks running, the next one starts
     whatever the load.
 
-    Example:
+    Examples:
         >>> monitor = LoadMonitor(sampler=lambda: (0.95, 0.5, 0), clock=lambda: 0.0)
         >>> gate = LoadGate(monitor, maxcpu=0.8, maxmem=None, interval=0.5, clock=lambda: 10.0)
         >>> _ = monitor.sample()

@@ -161,7 +161,7 @@ class Parallel:
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
         load_samples: the machine's load sampled during the run.
 
-    Example:
+    Examples:
         >>> def square(x):
         ...     return x * x
         >>> P = Parallel(square, [1, 2, 3], parallelizer="serial", label="squares")
@@ -439,7 +439,7 @@ class Parallel:
         """Where the time went, as a plain dict: counts, elapsed, CPU, efficiency, memory, the
         slowest tasks, the failures and each worker's busy time.
 
-        Example:
+        Examples:
             >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
             >>> P.summary()["succeeded"]
             2
@@ -472,7 +472,7 @@ class Parallel:
         """Draw each worker's tasks over time with the machine's load underneath; return the
         matplotlib Figure and save it as a PNG at ``path`` if given. Needs the ``plot`` extra.
 
-        Example:
+        Examples:
             >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
             >>> figure = P.plot_timeline()  # or P.plot_timeline("timeline.png")
             >>> len(figure.axes)
@@ -775,7 +775,7 @@ def parallelize(
     Returns:
         The list of return values, one per task, in input order.
 
-    Example:
+    Examples:
         >>> def f(x, y):
         ...     return x * y
         >>> parallelize(f, iterarg=[(1, 2), (2, 3), (3, 4)], parallelizer="serial")

@@ -197,7 +197,7 @@ def make_reporter(
         console: the ``rich.console.Console`` to draw on (stderr by default).
         clock: monotonic time source.
 
-    Example:
+    Examples:
         >>> import io
         >>> from rich.console import Console
         >>> console = Console(file=io.StringIO())

@@ -75,7 +75,7 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
     Raises:
         RuntimeError: if the Parallel has not finished a run.
 
-    Example:
+    Examples:
         >>> from parallel_jobs import Parallel
         >>> P = Parallel(abs, [-1, 2, -3], parallelizer="serial").run()
         >>> info = P.summary()
@@ -161,7 +161,7 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
         console: a ``rich.console.Console`` to print on; stdout by default.
         slowest: how many of the slowest tasks to list.
 
-    Example:
+    Examples:
         >>> import io
         >>> from rich.console import Console
         >>> from parallel_jobs import Parallel
@@ -244,7 +244,7 @@ def to_records(parallel: Parallel) -> list[dict[str, Any]]:
     (exception type name or None), ``message``, ``started`` and ``finished`` (datetimes, None if
     never run), ``elapsed``, ``cpu_time``, ``peak_rss``, ``pid`` and ``attempts``.
 
-    Example:
+    Examples:
         >>> from parallel_jobs import Parallel
         >>> P = Parallel(abs, [-1, 2], parallelizer="serial").run()
         >>> [(r["index"], r["status"], r["value"]) for r in P.to_records()]
@@ -289,7 +289,7 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         ImportError: without matplotlib (the ``plot`` extra).
         RuntimeError: if the Parallel has not finished a run.
 
-    Example:
+    Examples:
         >>> from parallel_jobs import Parallel
         >>> figure = plot_timeline(Parallel(abs, [-1, 2], parallelizer="serial").run())
         >>> [axes.get_ylabel() for axes in figure.axes]

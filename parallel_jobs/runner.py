@@ -123,7 +123,7 @@ class Chunker:
     older ones at each new chunk: the first one-task chunks, slowed by a cold worker, must not
     shrink the chunks that follow, yet the sizing follows tasks whose durations drift.
 
-    Example:
+    Examples:
         >>> chunker = Chunker(ncpus=2)
         >>> chunker.size(remaining=200_000)
         1

@@ -37,7 +37,7 @@ class Task:
         args: the task's own positional values (the ``iterarg`` item, unpacked if it is a tuple).
         kwargs: the task's own keyword values (its ``iterkwargs`` entry), or None.
 
-    Example:
+    Examples:
         >>> Task(index=2, args=(5,))
         Task(index=2, args=(5,), kwargs=None)
     """
@@ -66,7 +66,7 @@ class Payload:
 def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Return the ``(args, kwargs)`` that calling ``task`` passes to the function.
 
-    Example:
+    Examples:
         >>> task_call(Payload(max, args=(10,), kwargs={}), Task(0, args=(3,)))
         ((3, 10), {})
     """
@@ -296,7 +296,7 @@ class TaskResult:
         pid: the process that ran it.
         attempts: how many times it was run (more than 1 with ``retries``); 0 if never run.
 
-    Example:
+    Examples:
         >>> r = TaskResult(index=0, value=4, success=True)
         >>> r.value, r.success
         (4, True)

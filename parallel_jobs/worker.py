@@ -116,7 +116,7 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     between chunks): that is how the parent times tasks out and names the task a crash killed,
     without a message per task.
 
-    Example:
+    Examples:
         >>> batch = run_chunk(Payload(abs), Chunk(range(2), itervals=[-3, 4]))
         >>> batch.values
         [3, 4]

@@ -111,7 +111,7 @@ def resolve(parallelizer: str | Callable[..., Any] | None, serial: bool = False)
         TypeError: for something that is neither a name nor callable.
         ValueError: for '-async' with a method that cannot run in the background.
 
-    Example:
+    Examples:
         >>> resolve("thread-copy")
         Choice(method='thread', copy=True, is_async=False, target=None)
     """

@@ -67,7 +67,7 @@ def import_distributed() -> Any:
     Raises:
         ImportError: when dask.distributed is not installed, naming the extra that provides it.
 
-    Example:
+    Examples:
         >>> import_distributed().__name__
         'distributed'
     """
@@ -122,7 +122,7 @@ class DaskBackend(Backend):
             client if there is one (``distributed.get_client()``), else a ``LocalCluster`` on
             127.0.0.1 that lives for this run only.
 
-    Example:
+    Examples:
         >>> from parallel_jobs import parallelize
         >>> from distributed import Client, LocalCluster
         >>> with LocalCluster(n_workers=2, processes=False,

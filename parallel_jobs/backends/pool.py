@@ -53,7 +53,7 @@ def daemonic(method: str) -> bool:
     ``multiprocess`` and ``multiprocessing`` keep separate records, so a daemon of one is no
     daemon to the other.
 
-    Example:
+    Examples:
         >>> daemonic("multiprocess")
         False
     """
