@@ -30,7 +30,7 @@ from .backends.base import Backend, chunk_failed
 from .errors import ExceptionCollector, SerializationError
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
-from .store import ResultStore
+from .store import SUCCEEDED, ResultStore
 from .task import Batch, Chunk, Payload, Task, task_call
 
 __all__ = ["Chunker", "RunPlan", "Runner", "TaskSource"]
@@ -362,7 +362,7 @@ class Runner:
             "globaldict": self.payload.kwargs.get("globaldict"),
             "outdict": {
                 "result": store.values[index],
-                "success": store.state[index] == 1,
+                "success": store.state[index] == SUCCEEDED,
                 "exception": store.exception(index),
                 "elapsed": store.elapsed[index],
             },

@@ -22,7 +22,7 @@ import attrs
 
 from .errors import RemoteTaskError
 
-__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "task_call"]
+__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "dumps", "task_call"]
 
 
 @attrs.frozen(slots=True)
@@ -144,7 +144,8 @@ def _assemble(loaded: Any) -> BaseException:
     return exception
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
+    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like."""
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -158,11 +159,11 @@ def _dumps_exception(exc: BaseException) -> bytes | None:
     try:
         # The traceback holds frames, which never pickle; the text travels separately.
         exc.__traceback__ = None
-        blob = _dumps(exc)
+        blob = dumps(exc)
         try:
             pickle.loads(blob)
         except Exception:
-            blob = _dumps(_Shell((type(exc), exc.args, dict(getattr(exc, "__dict__", {})))))
+            blob = dumps(_Shell((type(exc), exc.args, dict(getattr(exc, "__dict__", {})))))
         return blob
     except Exception:
         return None

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .errors import SerializationError
-from .task import Batch, Chunk, Failure, Payload
+from .task import Batch, Chunk, Failure, Payload, dumps
 
 __all__ = ["FINE", "IDLE", "UNMETERED_RUN", "dumps", "encode_batch", "run_chunk", "worker_main"]
 
@@ -173,16 +173,6 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     if slot is not None:
         slot[1] = IDLE
     return batch
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like."""
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        import dill
-
-        return bytes(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _picklable(value: Any) -> Exception | None:
