@@ -14,6 +14,7 @@ Examples:
 
 from ._cpus import cpu_count
 from .backends import PARALLELIZERS
+from .backends.pool import release_workers
 from .errors import (
     ParallelJobsError,
     RemoteTaskError,
@@ -46,4 +47,5 @@ __all__ = [
     "__version__",
     "cpu_count",
     "parallelize",
+    "release_workers",
 ]

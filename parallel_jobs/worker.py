@@ -12,6 +12,7 @@ loads.
 from __future__ import annotations
 
 import ctypes  # imported here, in the parent, so that forked workers start without the cost
+import gc
 import os
 import pickle
 import signal
@@ -22,7 +23,16 @@ from typing import Any
 from .errors import SerializationError
 from .task import Batch, Chunk, Failure, Payload, dumps
 
-__all__ = ["FINE", "IDLE", "UNMETERED_RUN", "dumps", "encode_batch", "run_chunk", "worker_main"]
+__all__ = [
+    "FINE",
+    "IDLE",
+    "RELEASE",
+    "UNMETERED_RUN",
+    "dumps",
+    "encode_batch",
+    "run_chunk",
+    "worker_main",
+]
 
 try:
     import resource
@@ -222,43 +232,64 @@ def _reseed_numpy(seed: int | None) -> None:
         np.random.seed(seed % (2**32))
 
 
+RELEASE = b"parallel_jobs.release"
+"""Told to a worker whose run has ended but which the parent keeps for its next run: drop the
+payload (and with it any shared-memory mapping), then wait for the next one."""
+
+
 def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None) -> None:
     """Serve chunks from ``conn`` until it sends None or closes.
 
     ``payload`` is the Payload itself when the worker was forked (inherited, never pickled);
     otherwise it is None and the first message is the bytes
-    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it.
+    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it. Such a worker may then be kept
+    between runs: :data:`RELEASE` ends a run, and the next message is the next run's payload.
     """
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    # What cannot be unpickled here is answered, chunk by chunk, with an exception in place of
-    # a batch: dying instead would only leave the reason on this process's stderr.
-    refusal: SerializationError | None = None
-    if payload is None:
-        from ._shm import loads_payload
-
-        try:
-            blob = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            payload = loads_payload(blob)
-        except Exception as exc:
-            refusal = _unpickling_error("the function or the shared arguments", exc)
     _reseed_numpy(seed)
+    inherited = payload is not None
+    while True:
+        # What cannot be unpickled here is answered, chunk by chunk, with an exception in place
+        # of a batch: dying instead would only leave the reason on this process's stderr.
+        refusal: SerializationError | None = None
+        if not inherited:
+            from ._shm import loads_payload
+
+            try:
+                blob = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if blob == pickle.dumps(None):
+                return
+            try:
+                payload = loads_payload(blob)
+            except Exception as exc:
+                refusal = _unpickling_error("the function or the shared arguments", exc)
+        if not _serve(conn, payload, slot, refusal) or inherited:
+            return
+        payload = None
+        gc.collect()  # unmap the released run's shared arrays now, not at some later collection
+
+
+def _serve(conn: Any, payload: Payload | None, slot: Any,
+           refusal: SerializationError | None) -> bool:
+    """Run chunks until the run ends; True if it ended with :data:`RELEASE` (keep serving)."""
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
-            return
+            return False
+        if message == RELEASE:
+            return True
         try:
             chunk = pickle.loads(message)
         except Exception as exc:
             reply = dumps(_unpickling_error("the arguments of the tasks sent", exc))
         else:
             if chunk is None:
-                return
+                return False
             if refusal is not None:
                 reply = dumps(refusal)
             else:
@@ -267,7 +298,7 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
         try:
             conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
-            return
+            return False
 
 
 _PR_SET_PDEATHSIG = 1

@@ -23,7 +23,7 @@ def test_all_is_pinned() -> None:
         "PARALLELIZERS", "LoadMonitor", "LoadSample", "Parallel", "ParallelJobsError",
         "RemoteTaskError", "RemoteTraceback", "SerializationError", "Task", "TaskResult",
         "TaskTimeoutError", "UnknownParallelizerError", "WorkerCrashedError", "__version__",
-        "cpu_count", "parallelize",
+        "cpu_count", "parallelize", "release_workers",
     ])
 
 

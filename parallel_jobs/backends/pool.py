@@ -24,7 +24,9 @@ arrays through shared memory) otherwise. Each message carries a chunk, never a s
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
+import os
 import pickle
 import sys
 import time
@@ -33,10 +35,10 @@ from typing import Any
 
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, draw_seed, dumps, worker_main
+from ..worker import IDLE, RELEASE, draw_seed, dumps, worker_main
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
 
-__all__ = ["ProcessPoolBackend", "daemonic", "default_start_method"]
+__all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
 
 
 def default_start_method() -> str | None:
@@ -88,6 +90,102 @@ class _Worker:
         self.chunk: Chunk | None = None
 
 
+class _KeptWorkers:
+    """Spawned and forkserver workers kept alive between runs, ready for the next payload.
+
+    A spawned worker is a new interpreter that must import Python's and the caller's modules
+    (0.2 s on a small machine) before its first task; a forked one is ready in a millisecond.
+    So spawned and forkserver workers whose run ended cleanly are kept, idle and holding nothing
+    of that run (see :data:`~parallel_jobs.worker.RELEASE`), for the next run of the same library
+    and start method in this process. They are stopped at interpreter exit, by
+    :func:`release_workers`, and by the kernel when the thread that started them ends (Linux).
+    """
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.idle: dict[tuple[str, str], list[_Worker]] = {}
+        self.registered = False
+
+    def take(self, key: tuple[str, str], count: int) -> list[_Worker]:
+        """Up to ``count`` live kept workers for ``key``; the dead ones are reaped."""
+        if os.getpid() != self.owner:
+            # A forked child inherited the registry, not the workers: they are its parent's.
+            self.owner, self.idle = os.getpid(), {}
+            return []
+        taken: list[_Worker] = []
+        pool = self.idle.get(key, [])
+        while pool and len(taken) < count:
+            worker = pool.pop()
+            if worker.process.is_alive():
+                taken.append(worker)
+            else:
+                _close(worker)
+        return taken
+
+    def keep(self, key: tuple[str, str], worker: _Worker) -> bool:
+        """Keep ``worker`` for a later run; False if enough are kept already."""
+        pool = self.idle.setdefault(key, [])
+        if os.getpid() != self.owner or len(pool) >= _max_kept():
+            return False
+        try:
+            worker.conn.send_bytes(RELEASE)
+        except OSError:
+            return False
+        if not self.registered:
+            # Registered only now, after multiprocess's own exit handler (which joins every
+            # child) so that this one, running first, has stopped them by then.
+            atexit.register(release_workers)
+            self.registered = True
+        pool.append(worker)
+        return True
+
+    def release(self) -> None:
+        """Stop every kept worker."""
+        if os.getpid() != self.owner:
+            self.idle = {}
+            return
+        workers = [w for pool in self.idle.values() for w in pool]
+        self.idle = {}
+        for worker in workers:
+            try:
+                worker.conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 1.0
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                kill_tree(worker.process.pid)
+                worker.process.join(1.0)
+            _close(worker)
+
+
+def _max_kept() -> int:
+    from .._cpus import cpu_count
+
+    return cpu_count()
+
+
+_KEPT = _KeptWorkers()
+
+
+def release_workers() -> None:
+    """Stop the idle worker processes that parallel_jobs keeps between spawn/forkserver runs.
+
+    They are stopped at interpreter exit anyway; call this to get their memory back sooner, or
+    before counting a process's children.
+
+    Examples:
+        >>> release_workers()
+    """
+    _KEPT.release()
+
+
+def _close(worker: _Worker) -> None:
+    worker.conn.close()
+    _release(worker.process)
+
+
 class ProcessPoolBackend(Backend):
     """A fixed number of worker processes from a ``multiprocess`` (dill) or stdlib context."""
 
@@ -108,6 +206,7 @@ class ProcessPoolBackend(Backend):
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
         self.wait = module.connection.wait
+        self.key = (library, self.context.get_start_method())
         self.workers: list[_Worker | None] = [None] * options.ncpus
         self.payload: Payload | bytes | None = None
         self.shared: Any = None
@@ -124,8 +223,15 @@ class ProcessPoolBackend(Backend):
         if forked:
             self.payload = payload
         self.seed_base = draw_seed()
+        kept = [] if forked else _KEPT.take(self.key, len(self.workers))
         for number in range(len(self.workers)):
-            self._spawn(number)
+            if kept:
+                reused = kept.pop()
+                reused.number = number
+                self.workers[number] = reused
+                logger.debug("reusing worker %d (pid %d)", number, reused.process.pid)
+            else:
+                self._spawn(number)
         if not forked:
             # Packed only now, while the workers boot: under spawn their imports take as long
             # as copying hundreds of megabytes into shared memory.
@@ -163,6 +269,8 @@ class ProcessPoolBackend(Backend):
         self.workers = [None] * len(self.workers)
         try:
             if not abort:
+                keepable = self.key[1] != "fork"
+                live = [w for w in live if not (keepable and self._keep(w))]
                 for worker in live:
                     try:
                         worker.conn.send_bytes(pickle.dumps(None))
@@ -184,6 +292,16 @@ class ProcessPoolBackend(Backend):
             if self.manager is not None:
                 self.manager.shutdown()
                 self.manager = None
+
+    def _keep(self, worker: _Worker) -> bool:
+        """Keep an idle, healthy worker for the next run (spawn and forkserver only)."""
+        if worker.chunk is not None or not worker.process.is_alive():
+            return False
+        if not _KEPT.keep(self.key, worker):
+            return False
+        logger.debug("keeping worker %d (pid %d) for the next run", worker.number,
+                     worker.process.pid)
+        return True
 
     def _stop(self, worker: _Worker) -> None:
         """Make sure ``worker`` and any process it started are gone, and free its handles."""
