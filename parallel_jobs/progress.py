@@ -167,8 +167,12 @@ class ProgressReporter(NullReporter):
             # second render of the same counts.
             self.draws += 1
             self._progress.update(self._task, completed=self.done, status=self.summary())
-            self._progress.live.start(refresh=False)
-            self._progress.stop()
+            if self._progress.live.is_started:
+                self._progress.stop()
+            else:
+                # A run over before its first live frame gets its final frame printed once:
+                # starting and stopping a live display for it would cost it 10%.
+                self.console.print(self._progress.get_renderable())
             self._progress = None
         elif self._drawn != (self.done, self.failed):
             # A plain line already showing the final counts is not printed twice.
