@@ -195,3 +195,17 @@ def test_monitor_after_the_run_ended_shows_it_done(capsys: pytest.CaptureFixture
     P.monitor()
     P.finalize()
     assert capsys.readouterr().err.splitlines()[-1].startswith("late: 3/3 • 0 failed")
+
+
+def test_a_run_shorter_than_a_redraw_prints_one_final_frame_without_a_live_display() -> None:
+    clock, console = Clock(), terminal()
+    reporter = make_reporter(True, "quick [run]", console=console, clock=clock)
+    reporter.start(5)
+    clock.now += 0.05  # half a redraw interval: no live frame is due yet
+    reporter.update(5, 1)
+    reporter.stop()
+    text = output(console)
+    assert reporter.draws == 1
+    assert text.count("quick [run]") == 1
+    assert "5/5" in text and "1 failed" in text
+    assert "\x1b[?25l" not in text  # a live display would have hidden the cursor
