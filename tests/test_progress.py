@@ -207,5 +207,6 @@ def test_a_run_shorter_than_a_redraw_prints_one_final_frame_without_a_live_displ
     text = output(console)
     assert reporter.draws == 1
     assert text.count("quick [run]") == 1
-    assert "5/5" in text and "1 failed" in text
+    assert "5/5" in text
+    assert "1 failed" in text
     assert "\x1b[?25l" not in text  # a live display would have hidden the cursor
