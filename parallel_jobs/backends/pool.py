@@ -146,18 +146,9 @@ class _KeptWorkers:
             return
         workers = [w for pool in self.idle.values() for w in pool]
         self.idle = {}
+        _ask_to_exit(workers, grace=1.0)
         for worker in workers:
-            try:
-                worker.conn.send_bytes(pickle.dumps(None))
-            except OSError:
-                pass
-        deadline = time.monotonic() + 1.0
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                kill_tree(worker.process.pid)
-                worker.process.join(1.0)
-            _close(worker)
+            _stop(worker)
 
 
 def _max_kept() -> int:
@@ -184,6 +175,28 @@ def release_workers() -> None:
 def _close(worker: _Worker) -> None:
     worker.conn.close()
     _release(worker.process)
+
+
+def _ask_to_exit(workers: list[_Worker], grace: float) -> None:
+    """Tell idle ``workers`` to exit, and give them ``grace`` seconds in all to do so."""
+    for worker in workers:
+        try:
+            worker.conn.send_bytes(pickle.dumps(None))
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+
+
+def _stop(worker: _Worker) -> None:
+    """Make sure ``worker`` and any process it started are gone, and free its handles."""
+    pid = worker.process.pid
+    if worker.process.is_alive():
+        kill_tree(pid)
+    worker.process.join(1.0)
+    _close(worker)
+    logger.debug("stopped worker %d (pid %s)", worker.number, pid)
 
 
 class ProcessPoolBackend(Backend):
@@ -271,17 +284,10 @@ class ProcessPoolBackend(Backend):
             if not abort:
                 keepable = self.key[1] != "fork"
                 live = [w for w in live if not (keepable and self._keep(w))]
-                for worker in live:
-                    try:
-                        worker.conn.send_bytes(pickle.dumps(None))
-                    except OSError:
-                        pass
-                deadline = time.monotonic() + 2.0
-                for worker in live:
-                    worker.process.join(max(0.0, deadline - time.monotonic()))
+                _ask_to_exit(live, grace=2.0)
         finally:
             for worker in live:
-                self._stop(worker)
+                _stop(worker)
             if self.shared is not None:
                 self.shared.close()
                 self.shared = None
@@ -302,16 +308,6 @@ class ProcessPoolBackend(Backend):
         logger.debug("keeping worker %d (pid %d) for the next run", worker.number,
                      worker.process.pid)
         return True
-
-    def _stop(self, worker: _Worker) -> None:
-        """Make sure ``worker`` and any process it started are gone, and free its handles."""
-        pid = worker.process.pid
-        if worker.process.is_alive():
-            kill_tree(pid)
-        worker.process.join(1.0)
-        worker.conn.close()
-        _release(worker.process)
-        logger.debug("stopped worker %d (pid %s)", worker.number, pid)
 
     # -- dispatch ------------------------------------------------------------------------------
 
