@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from parallel_jobs import parallelize, release_workers
 from tests import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 KEEPING = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 
@@ -57,3 +62,29 @@ def test_forked_workers_are_never_kept() -> None:
     _, alive = psutil.wait_procs(
         [p for p in psutil.Process().children() if p.pid not in before], timeout=5)
     assert alive == []
+
+
+SCRIPT = """
+import os
+import parallel_jobs as pj
+
+def pid(_):
+    return os.getpid()
+
+if __name__ == "__main__":
+    for library in ("multiprocess", "multiprocessing"):
+        pj.parallelize(pid, range(4), parallelizer=library, start_method="spawn", chunksize=1)
+    print("ran", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_interpreter_exits_with_workers_of_both_libraries_kept(tmp_path: Path) -> None:
+    # Each library joins its children at exit; kept workers must be stopped before that, or
+    # the interpreter waits on them forever.
+    script = tmp_path / "both.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT, check=False)
+    assert done.stdout.strip() == "ran", done.stderr
+    assert done.returncode == 0, done.stderr

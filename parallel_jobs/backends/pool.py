@@ -104,7 +104,6 @@ class _KeptWorkers:
     def __init__(self) -> None:
         self.owner = os.getpid()
         self.idle: dict[tuple[str, str], list[_Worker]] = {}
-        self.registered = False
 
     def take(self, key: tuple[str, str], count: int) -> list[_Worker]:
         """Up to ``count`` live kept workers for ``key``; the dead ones are reaped."""
@@ -131,11 +130,11 @@ class _KeptWorkers:
             worker.conn.send_bytes(RELEASE)
         except OSError:
             return False
-        if not self.registered:
-            # Registered only now, after multiprocess's own exit handler (which joins every
-            # child) so that this one, running first, has stopped them by then.
-            atexit.register(release_workers)
-            self.registered = True
+        # multiprocess and multiprocessing each register an exit handler that joins every child,
+        # the first time they start one; handlers run last-registered first, so this one is
+        # registered again after every such start, to stop the kept workers before those join.
+        atexit.unregister(release_workers)
+        atexit.register(release_workers)
         pool.append(worker)
         return True
 
