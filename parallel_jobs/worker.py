@@ -30,6 +30,7 @@ __all__ = [
     "UNMETERED_RUN",
     "dumps",
     "encode_batch",
+    "reseed_numpy",
     "run_chunk",
     "worker_main",
 ]
@@ -225,7 +226,8 @@ def draw_seed() -> int | None:
     return int(np.random.randint(0, 2**31 - 1))
 
 
-def _reseed_numpy(seed: int | None) -> None:
+def reseed_numpy(seed: int | None) -> None:
+    """Seed NumPy's global RNG in this process, if NumPy is loaded and a seed is given."""
     # Forked workers inherit the parent's NumPy RNG state; give each worker its own stream.
     np = sys.modules.get("numpy")
     if seed is not None and np is not None:
@@ -248,7 +250,7 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    _reseed_numpy(seed)
+    reseed_numpy(seed)
     inherited = payload is not None
     while True:
         # What cannot be unpickled here is answered, chunk by chunk, with an exception in place

@@ -47,7 +47,7 @@ from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
 from .base import Backend, BackendOptions, chunk_failed, copied, logger
-from .pool import _decode_batch, _encode_chunk
+from .wire import decode_batch, encode_chunk
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
 
@@ -208,7 +208,7 @@ class DaskBackend(Backend):
         return len(self.futures)
 
     def submit(self, chunk: Chunk) -> None:
-        blob = _encode_chunk(chunk)
+        blob = encode_chunk(chunk)
         self.submitted += 1
         future = self.client.submit(
             _run_on_worker, self.payload_future, blob, self.options.copy,
@@ -261,7 +261,7 @@ class DaskBackend(Backend):
             return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0)
         finally:
             future.release()
-        batch = _decode_batch(data, chunk, 0)
+        batch = decode_batch(data, chunk, 0)
         shift = offset - self.local_offset
         started = batch.started
         for pos in range(len(started)):

@@ -20,8 +20,9 @@ from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import _reseed_numpy, draw_seed, encode_batch, run_chunk
+from ..worker import draw_seed, encode_batch, reseed_numpy, run_chunk
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .wire import pack_payload
 
 __all__ = ["FuturesBackend"]
 
@@ -34,7 +35,7 @@ def _initialize(blob: bytes, seed: int | None) -> None:
 
     _PAYLOAD = loads_payload(blob)
     # Forked executor workers share the caller's NumPy RNG state; the pid tells them apart.
-    _reseed_numpy(None if seed is None else seed + 7919 * os.getpid())
+    reseed_numpy(None if seed is None else seed + 7919 * os.getpid())
 
 
 def _run(chunk: Chunk) -> bytes:
@@ -62,10 +63,9 @@ class FuturesBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         from .._shm import SharedArrays
-        from .pool import _pack_payload
 
         self.shared = SharedArrays()
-        self.blob = _pack_payload(payload, self.shared)
+        self.blob = pack_payload(payload, self.shared)
         self._new_executor()
 
     def _new_executor(self) -> None:

@@ -33,10 +33,11 @@ import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, RELEASE, draw_seed, dumps, worker_main
+from ..worker import IDLE, RELEASE, draw_seed, worker_main
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .wire import decode_batch, encode_chunk, pack_payload
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
 
@@ -250,7 +251,7 @@ class ProcessPoolBackend(Backend):
             from .._shm import SharedArrays
 
             self.shared = SharedArrays()
-            self.payload = _pack_payload(payload, self.shared)
+            self.payload = pack_payload(payload, self.shared)
             for worker in self.workers:
                 if worker is not None:
                     _send_payload(worker, self.payload)
@@ -334,7 +335,7 @@ class ProcessPoolBackend(Backend):
             worker = None
         if worker is None:
             worker = self._spawn(number)
-        message = _encode_chunk(chunk)
+        message = encode_chunk(chunk)
         try:
             worker.conn.send_bytes(message)
         except OSError:
@@ -387,7 +388,7 @@ class ProcessPoolBackend(Backend):
             if worker.conn.poll():
                 data = worker.conn.recv_bytes()
                 worker.chunk = None
-                return _decode_batch(data, chunk, worker.process.pid)
+                return decode_batch(data, chunk, worker.process.pid)
         except (EOFError, OSError):
             pass
         if worker.process.is_alive():
@@ -493,59 +494,3 @@ def _release(process: Any) -> None:
         process.close()
     except ValueError:
         pass
-
-
-def _encode_chunk(chunk: Chunk) -> bytes:
-    try:
-        return dumps(chunk)
-    except Exception:
-        pass
-    for task in chunk.tasks():
-        try:
-            dumps(task)
-        except Exception as exc:
-            raise SerializationError(f"the arguments of task {task.index}", str(exc)) from exc
-    raise SerializationError(f"the chunk of tasks {list(chunk.indices)}", "unknown reason")
-
-
-def _decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
-    try:
-        batch = pickle.loads(data)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        errors: dict[int, BaseException] = {
-            i: SerializationError(f"the result of task {i}", f"could not be unpickled: {reason}")
-            for i in chunk.indices
-        }
-        return chunk_failed(chunk, errors, pid)
-    if isinstance(batch, SerializationError):
-        # The worker could not unpickle the chunk or the payload: none of its tasks ran.
-        return chunk_failed(chunk, dict.fromkeys(chunk.indices, batch), pid)
-    assert isinstance(batch, Batch)
-    return batch
-
-
-def _pack_payload(payload: Payload, shared: Any) -> bytes:
-    """Pickle the payload once; on failure, say which part of it cannot be pickled."""
-    try:
-        blob: bytes = shared.dumps(payload)
-        return blob
-    except Exception as exc:
-        failure = exc
-    shared.close()
-    for what, obj in (("the function", payload.func), ("args", payload.args)):
-        try:
-            shared.dumps(obj)
-        except Exception as exc:
-            raise SerializationError(what, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            shared.close()
-    for key, value in payload.kwargs.items():
-        try:
-            shared.dumps(value)
-        except Exception as exc:
-            raise SerializationError(f"keyword argument {key!r}", str(exc)) from exc
-        finally:
-            shared.close()
-    raise SerializationError("the shared arguments", str(failure)) from failure
-
