@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import attrs
@@ -26,6 +27,7 @@ __all__ = [
     "kill_tree",
     "logger",
     "mark_overruns",
+    "wait_for_deadlines",
 ]
 
 logger = logging.getLogger("parallel_jobs")
@@ -172,3 +174,25 @@ def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
     }
     payload = Payload(payload.func, copy.deepcopy(payload.args), kwargs)
     return payload, copy.deepcopy(chunk)
+
+
+def wait_for_deadlines(
+    timeout: float | None, starts: Iterable[float], limit: float | None
+) -> float | None:
+    """How long a backend may wait for outcomes: the caller's ``timeout``, cut short at the
+    earliest deadline of tasks that started at ``starts`` (``perf_counter`` seconds) and may each
+    run ``limit`` seconds (None: no limit).
+
+    Examples:
+        >>> wait_for_deadlines(5.0, [], 1.0)
+        5.0
+        >>> wait_for_deadlines(None, [time.perf_counter()], None) is None
+        True
+    """
+    if limit is None:
+        return timeout
+    now = time.perf_counter()
+    for started in starts:
+        remaining = max(0.0, started + limit - now)
+        timeout = remaining if timeout is None else min(timeout, remaining)
+    return timeout

@@ -46,7 +46,14 @@ from typing import Any
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
-from .base import Backend, BackendOptions, chunk_failed, copied, logger
+from .base import (
+    Backend,
+    BackendOptions,
+    chunk_failed,
+    copied,
+    logger,
+    wait_for_deadlines,
+)
 from .wire import decode_batch, encode_chunk
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
@@ -233,7 +240,8 @@ class DaskBackend(Backend):
     def collect(self, timeout: float | None) -> list[Batch]:
         if not self.futures:
             return []
-        timeout = self._until_next_deadline(timeout)
+        starts = [flight.sent_at for flight in self.futures.values()]
+        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
         done = []
         try:
             done.append(self.finished.get(timeout=timeout))
@@ -296,14 +304,6 @@ class DaskBackend(Backend):
             index, WorkerCrashedError(index, None, detail), pid=getattr(worker, "pid", 0) or 0,
             started=sent_at, elapsed=time.perf_counter() - sent_at,
         )
-
-    def _until_next_deadline(self, timeout: float | None) -> float | None:
-        limit = self.options.timeout
-        if limit is None:
-            return timeout
-        oldest = min(flight.sent_at for flight in self.futures.values())
-        remaining = max(0.0, oldest + limit - time.perf_counter())
-        return remaining if timeout is None else min(timeout, remaining)
 
     def _expire(self) -> list[Batch]:
         limit = self.options.timeout

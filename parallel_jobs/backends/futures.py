@@ -21,7 +21,14 @@ from typing import Any
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
 from ..worker import draw_seed, encode_batch, reseed_numpy, run_chunk
-from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .base import (
+    Backend,
+    BackendOptions,
+    chunk_failed,
+    kill_tree,
+    logger,
+    wait_for_deadlines,
+)
 from .wire import pack_payload
 
 __all__ = ["FuturesBackend"]
@@ -104,11 +111,8 @@ class FuturesBackend(Backend):
             pass  # already woken
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is not None and self.futures:
-            now = time.perf_counter()
-            soonest = min(sent for _, sent in self.futures.values()) + limit - now
-            timeout = max(0.0, soonest) if timeout is None else min(timeout, max(0.0, soonest))
+        starts = [sent for _, sent in self.futures.values()]
+        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
         done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False

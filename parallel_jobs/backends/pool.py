@@ -36,7 +36,14 @@ from typing import Any
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, RELEASE, draw_seed, worker_main
-from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .base import (
+    Backend,
+    BackendOptions,
+    chunk_failed,
+    kill_tree,
+    logger,
+    wait_for_deadlines,
+)
 from .wire import decode_batch, encode_chunk, pack_payload
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
@@ -423,18 +430,12 @@ class ProcessPoolBackend(Backend):
         )
 
     def _until_next_deadline(self, busy: list[_Worker], timeout: float | None) -> float | None:
-        limit = self.options.timeout
-        if limit is None:
-            return timeout
         now = time.perf_counter()
-        for worker in busy:
-            started = worker.slot[1]
-            # A worker that has not begun its chunk yet (a spawned one may still be importing)
-            # has no deadline so far; look again after one timeout, which cannot be later than
-            # the deadline of a task it starts meanwhile.
-            remaining = limit if started == IDLE else max(0.0, started + limit - now)
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        return timeout
+        # A worker that has not begun its chunk yet (a spawned one may still be importing) has
+        # no deadline so far; look again after one timeout, which cannot be later than the
+        # deadline of a task it starts meanwhile.
+        starts = [now if w.slot[1] == IDLE else w.slot[1] for w in busy]
+        return wait_for_deadlines(timeout, starts, self.options.timeout)
 
     def _expire(self, busy: list[_Worker]) -> list[Batch]:
         limit = self.options.timeout

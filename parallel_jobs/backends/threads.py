@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import TaskTimeoutError
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, run_chunk
-from .base import Backend, BackendOptions, copied, logger
+from .base import Backend, BackendOptions, copied, logger, wait_for_deadlines
 
 __all__ = ["ThreadBackend"]
 
@@ -102,13 +102,8 @@ class ThreadBackend(Backend):
         self.outbox.put(None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is not None:
-            now = time.perf_counter()
-            for worker in self.workers:
-                if worker.chunk is not None and worker.slot[1] != IDLE:
-                    remaining = max(0.0, worker.slot[1] + limit - now)
-                    timeout = remaining if timeout is None else min(timeout, remaining)
+        starts = [w.slot[1] for w in self.workers if w.chunk is not None and w.slot[1] != IDLE]
+        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
         batches: list[Batch] = []
         try:
             item = self.outbox.get(timeout=timeout) if self.in_flight() else None
