@@ -39,6 +39,8 @@ logger = logging.getLogger("parallel_jobs")
 
 MONITOR_DELAY = 0.05
 """Seconds a run lasts before its LoadMonitor starts sampling on a thread."""
+MOST_PER_CHUNK = 4096
+"""The most tasks an automatically sized chunk holds (see :class:`Chunker`)."""
 
 
 @attrs.frozen(slots=True)
@@ -119,6 +121,10 @@ class Chunker:
     millisecond, so a tail of ever smaller chunks of tiny tasks would cost more in messages than
     the imbalance (at most ``floor`` seconds) it saves.
 
+    Nor does an automatic chunk grow beyond ``most`` tasks: past a few thousand tasks a message's
+    cost is already amortised, while each chunk's arguments, and the batch that answers it,
+    are held in the parent at once. Capping them keeps a run's peak memory flat in its task count.
+
     The mean duration weighs each observation by its number of tasks, halving the weight of
     older ones at each new chunk: the first one-task chunks, slowed by a cold worker, must not
     shrink the chunks that follow, yet the sizing follows tasks whose durations drift.
@@ -127,11 +133,14 @@ class Chunker:
         >>> chunker = Chunker(ncpus=2)
         >>> chunker.size(remaining=200_000)
         1
-        >>> chunker.observe(count=1, seconds=1e-6)
+        >>> chunker.observe(count=1, seconds=1e-5)
+        >>> chunker.size(remaining=200_000)  # 20 ms of 10 us tasks (in float arithmetic)
+        1999
+        >>> chunker.size(remaining=5_000)  # a quarter of a fair share
+        625
+        >>> chunker.observe(count=1, seconds=1e-7)
         >>> chunker.size(remaining=200_000)
-        20000
-        >>> chunker.size(remaining=5_000)
-        2000
+        4096
     """
 
     def __init__(
@@ -141,12 +150,14 @@ class Chunker:
         limit: int | None = None,
         target: float = 0.02,
         floor: float = 0.002,
+        most: int = MOST_PER_CHUNK,
     ) -> None:
         self.ncpus = ncpus
         self.fixed = fixed
         self.limit = limit
         self.target = target
         self.floor = floor
+        self.most = most
         self.mean: float | None = None
         self._seconds = 0.0
         self._count = 0.0
@@ -168,7 +179,7 @@ class Chunker:
         else:
             fair = remaining // (4 * self.ncpus)
             size = max(min(int(self.target / self.mean), fair), int(self.floor / self.mean))
-            size = max(1, size)
+            size = max(1, min(size, self.most))
         if self.limit is not None:
             size = min(size, self.limit)
         return size

@@ -91,6 +91,13 @@ def test_a_slow_first_task_does_not_keep_chunks_small() -> None:
     assert chunker.mean < 2e-5
 
 
+def test_automatic_chunks_of_the_tiniest_tasks_stop_growing_at_the_ceiling() -> None:
+    chunker = Chunker(ncpus=2, most=4096)
+    chunker.observe(count=100_000, seconds=100_000 * 1e-8)
+    assert chunker.size(remaining=10**7) == 4096
+    assert Chunker(ncpus=2, fixed=10_000, most=4096).size(remaining=10**7) == 10_000
+
+
 def test_a_fixed_chunksize_and_a_limit_win() -> None:
     assert Chunker(ncpus=2, fixed=7).size(remaining=10**6) == 7
     limited = Chunker(ncpus=2, limit=1)
