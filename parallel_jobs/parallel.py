@@ -494,7 +494,7 @@ class Parallel:
         gate = None
         if self.maxcpu is not None or self.maxmem is not None:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        self._store = ResultStore(self.njobs)
+        self._store = ResultStore(self.njobs, self.retries)
         return Runner(
             self._plan, backend, self._store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,

@@ -21,13 +21,24 @@ PENDING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3
 class ResultStore:
     """Per-task values, states, timings and failures of a run of ``njobs`` tasks.
 
-    Columns are as narrow as their meaning allows (a run of 200,000 tasks keeps 23 bytes of
-    bookkeeping per task): start times are float32 seconds since the store was made, durations
+    Columns are as narrow as their meaning allows, 19 bytes of bookkeeping per task besides the
+    value: start times are float32 seconds since the store was made, durations and CPU times
     float32 seconds, peak memory in KiB. Start times are converted back to wall-clock time with
-    one offset taken when the store was made.
+    one offset taken when the store was made. A task's process is a one-byte number into the
+    table of the run's worker pids (widened if a run ever sees more than 255 workers), and
+    its attempts take one byte unless ``retries`` allows more than 255.
+
+    Args:
+        njobs: the number of tasks.
+        retries: how many times a failed task may run again, so how many attempts to count.
+
+    Examples:
+        >>> store = ResultStore(3)
+        >>> store.task_result(0).attempts, store.done
+        (0, 0)
     """
 
-    def __init__(self, njobs: int) -> None:
+    def __init__(self, njobs: int, retries: int = 0) -> None:
         self.njobs = njobs
         self.values: list[Any] = [None] * njobs
         self.state = zeros("b", njobs)
@@ -35,8 +46,10 @@ class ResultStore:
         self.elapsed = zeros("f", njobs)
         self.cpu_time = zeros("f", njobs)
         self.peak_kib = zeros("I", njobs)
-        self.pid = zeros("i", njobs)
-        self.attempts = zeros("H", njobs)
+        self.worker = zeros("B", njobs)
+        self.pids: list[int] = [0]  # worker number 0: no process (the task never ran)
+        self._numbers: dict[int, int] = {0: 0}
+        self.attempts = zeros("B" if retries < 255 else "I", njobs)
         self.failures: dict[int, Failure] = {}
         self.done = 0
         self.failed = 0
@@ -48,6 +61,21 @@ class ResultStore:
     def succeeded(self) -> int:
         """How many tasks have succeeded so far."""
         return self.done - self.failed
+
+    def _number(self, pid: int) -> int:
+        """The worker number of process ``pid``, given a new one (widening the column when
+        numbers outgrow it) the first time it is seen."""
+        number = self._numbers.get(pid)
+        if number is None:
+            number = self._numbers[pid] = len(self.pids)
+            self.pids.append(pid)
+            if number == 256 or number == 65536:
+                self.worker = array("H" if number == 256 else "I", self.worker)
+        return number
+
+    def pid(self, index: int) -> int:
+        """The pid of the process that last ran task ``index`` (0: none did)."""
+        return self.pids[self.worker[index]]
 
     def record(self, batch: Batch, final_failures: set[int]) -> None:
         """Store ``batch``; positions not in ``final_failures`` but failed are being retried and
@@ -65,11 +93,13 @@ class ResultStore:
             self.elapsed[lo:hi] = array("f", batch.elapsed)
             self.cpu_time[lo:hi] = array("f", batch.cpu_time)
             self.peak_kib[lo:hi] = array("I", [b >> 10 for b in batch.peak_rss])
-            self.pid[lo:hi] = array("i", [batch.pid]) * n
+            number = self._number(batch.pid)  # first: it may widen the column
+            self.worker[lo:hi] = array(self.worker.typecode, [number]) * n
             # A range chunk is always a first attempt: retries and requeues travel as lists.
-            self.attempts[lo:hi] = array("H", [1]) * n
+            self.attempts[lo:hi] = array(self.attempts.typecode, [1]) * n
             self.done += n
             return
+        number = self._number(batch.pid)
         for pos, index in enumerate(indices):
             self.attempts[index] += 1
             started = batch.started[pos]
@@ -77,7 +107,7 @@ class ResultStore:
             self.elapsed[index] = batch.elapsed[pos]
             self.cpu_time[index] = batch.cpu_time[pos]
             self.peak_kib[index] = batch.peak_rss[pos] >> 10
-            self.pid[index] = batch.pid
+            self.worker[index] = number
             failure = failures.get(pos)
             if failure is None:
                 self.values[index] = batch.values[pos]
@@ -124,6 +154,6 @@ class ResultStore:
             elapsed=self.elapsed[index],
             cpu_time=self.cpu_time[index],
             peak_rss=self.peak_kib[index] << 10,
-            pid=self.pid[index],
+            pid=self.pid(index),
             attempts=self.attempts[index],
         )

@@ -202,8 +202,14 @@ _INT64 = "q"
 
 
 def zeros(typecode: str, n: int) -> array[Any]:
-    """An ``array`` of ``n`` zeros, allocated in one step."""
-    return array(typecode, bytes(array(typecode).itemsize * n))
+    """An ``array`` of ``n`` zeros, allocated in one step (no temporary buffer of the same size:
+    that would raise a big run's peak memory by the column's size).
+
+    Examples:
+        >>> zeros("f", 3)
+        array('f', [0.0, 0.0, 0.0])
+    """
+    return array(typecode, [0]) * n
 
 
 @attrs.define(slots=True)
