@@ -145,13 +145,43 @@ def _assemble(loaded: Any) -> BaseException:
 
 
 def dumps(obj: Any) -> bytes:
-    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like."""
+    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
+
+    What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
+    pickles name modules that exist only once dill is imported, and the process reading them
+    (a forked worker, or the parent of a run that pickled nothing exotic so far) may not have
+    imported it.
+
+    Examples:
+        >>> import pickle
+        >>> pickle.loads(dumps({"x": (1, 2.5)}))
+        {'x': (1, 2.5)}
+    """
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         import dill
 
-        return bytes(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        wrapped = _Dilled(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        return pickle.dumps(wrapped, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _Dilled:
+    """Bytes that dill made; unpickling this unpickles them with dill (imported then)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _undill, (self.blob,)
+
+
+def _undill(blob: bytes) -> Any:
+    import dill
+
+    return dill.loads(blob)
 
 
 def _dumps_exception(exc: BaseException) -> bytes | None:
