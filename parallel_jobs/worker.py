@@ -252,6 +252,8 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
     _die_with_parent()
     reseed_numpy(seed)
     inherited = payload is not None
+    if inherited:
+        _after_fork()
     while True:
         # What cannot be unpickled here is answered, chunk by chunk, with an exception in place
         # of a batch: dying instead would only leave the reason on this process's stderr.
@@ -273,6 +275,19 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, seed: int | None)
             return
         payload = None
         gc.collect()  # unmap the released run's shared arrays now, not at some later collection
+
+
+def _after_fork() -> None:
+    """Run ``multiprocess``'s after-fork hooks in a worker the standard library forked.
+
+    The standard library reset its own objects in this process (manager proxies reconnect
+    rather than share the parent's socket, for one); objects of ``multiprocess`` that the
+    worker inherited, such as a ``multiprocess`` manager's dict among the shared arguments,
+    need the same from their own library.
+    """
+    library = sys.modules.get("multiprocess.util")
+    if library is not None:
+        library._run_after_forkers()
 
 
 def _serve(conn: Any, payload: Payload | None, slot: Any,
