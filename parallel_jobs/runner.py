@@ -277,12 +277,15 @@ class Runner:
                     self.globaldict = None
         finally:
             try:
-                self.backend.shutdown(abort=abort)
-            finally:
+                # The final sample first, while retired workers exit (Backend.retire_idle).
                 self.monitor.stop()
-                self.store.cancel_pending()
-                self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
-                self.reporter.stop()
+            finally:
+                try:
+                    self.backend.shutdown(abort=abort)
+                finally:
+                    self.store.cancel_pending()
+                    self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+                    self.reporter.stop()
 
     def _loop(self) -> None:
         backend, source = self.backend, self.source
@@ -301,6 +304,8 @@ class Runner:
                 raise KeyboardInterrupt(msg)
             for batch in batches:
                 self._absorb(batch)
+            if batches and not source.has_more():
+                backend.retire_idle()
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
 
     def _monitor_wake(self) -> float | None:

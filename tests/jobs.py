@@ -328,3 +328,38 @@ def announce_then_wait(x: int, folder: str) -> int:
     with open(os.path.join(folder, f"started-{x}"), "w"):
         pass
     return int(wait_for_path(x, os.path.join(folder, "go")))
+
+
+def fail_after_worker_zero_exits(x: int, folder: str) -> int:
+    """Task 0 notes its worker's pid and returns. Task 1 waits until that worker has exited
+    (the run retires idle workers once nothing is left to hand out), then fails on its first
+    run only, so that its retry needs a worker when none is idle."""
+    pidfile = os.path.join(folder, "pid0")
+    if x == 0:
+        with open(pidfile + ".tmp", "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace(pidfile + ".tmp", pidfile)
+        return 0
+    failed = os.path.join(folder, "failed")
+    if os.path.exists(failed):
+        return x
+    import psutil
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # polls another process's state, with a deadline
+        if os.path.exists(pidfile):
+            with open(pidfile) as fh:
+                pid = int(fh.read())
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+        time.sleep(0.005)
+    else:
+        msg = "task 0's worker never exited"
+        raise TimeoutError(msg)
+    with open(failed, "w"):
+        pass
+    msg = f"task {x} fails on its first run"
+    raise RuntimeError(msg)

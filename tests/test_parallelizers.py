@@ -222,7 +222,9 @@ def test_process_methods_run_on_the_runners_own_workers(
     assert len(seen) == 4
     for task_pid, children in seen:
         assert task_pid in children
-        assert len(children) == 2  # the workers, and no manager or pool-helper process
+        # The workers, and no manager or pool-helper process; towards the end, an idle worker
+        # has already left (nothing was left to hand out).
+        assert 1 <= len(children) <= 2
 
 
 def _make_closure() -> Any:

@@ -102,6 +102,12 @@ class Backend(abc.ABC):
         backends whose tasks share this process's memory."""
         return dict(initial)
 
+    def retire_idle(self) -> None:
+        """No chunk is left to hand out: idle workers may stop now rather than at ``shutdown``,
+        so that their exit overlaps the work still running. A chunk submitted later (a retry)
+        must still find a worker."""
+        return None
+
     def wake(self) -> None:
         """Make a ``collect`` blocked in another thread return now; safe from any thread.
 

@@ -209,16 +209,23 @@ def _close(worker: _Worker) -> None:
     _release(worker.process)
 
 
-def _ask_to_exit(workers: list[_Worker], grace: float) -> None:
-    """Tell idle ``workers`` to exit, and give them ``grace`` seconds in all to do so."""
+def _ask_to_exit(workers: list[_Worker], grace: float, asked: Sequence[_Worker] = ()) -> None:
+    """Tell idle ``workers`` to exit, and give them, and the workers ``asked`` before,
+    ``grace`` seconds in all to do so (0: do not wait)."""
     for worker in workers:
         try:
-            worker.conn.send_bytes(pickle.dumps(None))
+            worker.conn.send_bytes(_EXIT)
         except OSError:
             pass
+    if grace <= 0:
+        return
     deadline = time.monotonic() + grace
-    for worker in workers:
+    for worker in [*asked, *workers]:
         worker.process.join(max(0.0, deadline - time.monotonic()))
+
+
+_EXIT = pickle.dumps(None)
+"""What a worker reads as "exit now"."""
 
 
 def _stop(worker: _Worker) -> None:
@@ -250,6 +257,7 @@ class ProcessPoolBackend(Backend):
         self.manager: Any = None
         self.seed_base: int | None = None
         self.started_workers = 0
+        self.retiring: list[_Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -260,7 +268,11 @@ class ProcessPoolBackend(Backend):
         if forked:
             self.payload = payload
         self.seed_base = draw_seed()
-        kept = [] if forked else _KEPT.take(self.key, len(self.workers))
+        if forked:
+            # Each worker is forked when its first chunk is submitted: the first one is at
+            # work while the next fork takes its millisecond.
+            return
+        kept = _KEPT.take(self.key, len(self.workers))
         for number in range(len(self.workers)):
             if kept:
                 reused = kept.pop()
@@ -301,16 +313,27 @@ class ProcessPoolBackend(Backend):
         logger.debug("started worker %d (pid %d)", number, process.pid)
         return worker
 
+    def retire_idle(self) -> None:
+        # Forked workers only: spawned ones are kept for the next run when this one ends.
+        if self.key[1] != "fork":
+            return
+        idle = [w for w in self.workers if w is not None and w.chunk is None]
+        for worker in idle:
+            self.workers[worker.number] = None
+        _ask_to_exit(idle, grace=0.0)
+        self.retiring.extend(idle)
+
     def shutdown(self, abort: bool = False) -> None:
         live = [w for w in self.workers if w is not None]
         self.workers = [None] * len(self.workers)
+        retiring, self.retiring = self.retiring, []
         try:
             if not abort:
                 keepable = self.key[1] != "fork"
                 live = [w for w in live if not (keepable and self._keep(w))]
-                _ask_to_exit(live, grace=2.0)
+                _ask_to_exit(live, grace=2.0, asked=retiring)
         finally:
-            for worker in live:
+            for worker in retiring + live:
                 _stop(worker)
             if self.shared is not None:
                 self.shared.close()
