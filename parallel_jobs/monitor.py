@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import attrs
 
-__all__ = ["LoadGate", "LoadMonitor", "LoadSample", "psutil_sampler"]
+__all__ = ["LoadGate", "LoadMonitor", "LoadSample", "NullMonitor", "psutil_sampler"]
 
 
 @attrs.frozen(slots=True)
@@ -149,6 +149,36 @@ class LoadMonitor:
             self._thread = None
         if self.samples:
             self.sample()
+
+
+class NullMonitor(LoadMonitor):
+    """The monitor of a run whose load nobody will see (no progress bar, no load limits, no
+    records kept): it takes no sample, starts no thread and never imports psutil.
+
+    Examples:
+        >>> monitor = NullMonitor()
+        >>> monitor.start()
+        >>> monitor.stop()
+        >>> monitor.samples, monitor.latest
+        ([], None)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sampler=_never_sampled)
+
+    def start(self, background: bool = True) -> None:
+        """Do nothing."""
+
+    def follow(self) -> None:
+        """Do nothing."""
+
+    def stop(self) -> None:
+        """Do nothing."""
+
+
+def _never_sampled() -> tuple[float, float, int]:  # pragma: no cover - never called
+    msg = "a NullMonitor takes no samples"
+    raise AssertionError(msg)
 
 
 class LoadGate:

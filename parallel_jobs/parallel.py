@@ -23,7 +23,7 @@ from typing import Any
 from ._cpus import cpu_count
 from .backends import Choice, resolve
 from .backends.base import BackendOptions
-from .monitor import LoadGate, LoadMonitor, LoadSample
+from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import make_reporter
 from .runner import Runner, RunPlan
 from .store import CANCELLED, SUCCEEDED, ResultStore
@@ -143,8 +143,15 @@ class Parallel:
     """Run a function over many inputs in parallel, and keep everything about the run.
 
     Arguments are those of :func:`parallelize`, plus ``label``, a name shown in the progress bar
-    and reports. Configuration is validated here; nothing runs until :meth:`run` or
-    :meth:`run_async`.
+    and reports, and ``keep_records``. Configuration is validated here; nothing runs until
+    :meth:`run` or :meth:`run_async`.
+
+    ``keep_records=True`` (the default) keeps each task's timings, CPU time, peak memory, process
+    and attempts (:attr:`task_results`, :meth:`summary`, :meth:`report`, :meth:`to_records`,
+    :meth:`plot_timeline`, ``times['jobs']``) and the machine's load (:attr:`load_samples`):
+    19 bytes a task, 3.8 MB for 200,000 tasks. With ``keep_records=False`` a run keeps only what
+    the results, success, skipped and exceptions lists need, and samples the load only for a
+    progress bar or a load limit; :func:`parallelize`, which returns only the results, runs so.
 
     Attributes:
         njobs: number of tasks.
@@ -157,9 +164,10 @@ class Parallel:
         exceptions: what each task raised, or None.
         globaldict: a plain-dict copy of the shared ``globaldict`` as the run left it.
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
-            task's seconds).
+            task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
         load_samples: the machine's load sampled during the run.
+        keep_records: whether runs keep per-task records.
 
     Examples:
         >>> def square(x):
@@ -194,6 +202,7 @@ class Parallel:
         retries: int = 0,
         chunksize: int | None = None,
         start_method: str | None = None,
+        keep_records: bool = True,
         **func_kwargs: Any,
     ) -> None:
         if not callable(func):
@@ -230,6 +239,7 @@ class Parallel:
         self.chunksize: int | None = None if chunksize is None else int(
             _positive(chunksize, "chunksize", integer=True))
         self.start_method: str | None = self._check_start_method(start_method)
+        self.keep_records = bool(keep_records)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -407,9 +417,20 @@ class Parallel:
 
     @property
     def task_results(self) -> list[TaskResult]:
-        """One :class:`~parallel_jobs.TaskResult` per task (empty before a run)."""
+        """One :class:`~parallel_jobs.TaskResult` per task (empty before a run).
+
+        Raises:
+            RuntimeError: after a run that kept no records (``keep_records=False``).
+        """
         if self._store is None:
             return []
+        if not self.keep_records:
+            msg = (
+                "this run kept no per-task records: create the Parallel with keep_records=True "
+                "(the default) for task_results, summary(), report(), to_records() and "
+                "plot_timeline(); parallelize() keeps none, as it returns only the results"
+            )
+            raise RuntimeError(msg)
         return [self._store.task_result(i) for i in range(self.njobs)]
 
     def __repr__(self) -> str:
@@ -490,11 +511,15 @@ class Parallel:
             copy=self.choice.copy,
         )
         backend = self.choice.build(options)
-        monitor = LoadMonitor(interval=self.interval or 1.0)
+        limited = self.maxcpu is not None or self.maxmem is not None
+        if self.keep_records or self.progress or limited:
+            monitor: LoadMonitor = LoadMonitor(interval=self.interval or 1.0)
+        else:
+            monitor = NullMonitor()  # nobody would see the load: no psutil, no samples
         gate = None
-        if self.maxcpu is not None or self.maxmem is not None:
+        if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        self._store = ResultStore(self.njobs, self.retries)
+        self._store = ResultStore(self.njobs, self.retries, self.keep_records)
         return Runner(
             self._plan, backend, self._store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
@@ -620,7 +645,8 @@ class Parallel:
         finished = datetime.datetime.now()
         self.times["finished"] = finished
         self.times["elapsed"] = time.perf_counter() - self._t0
-        self.times.defer("jobs", lambda: list(store.elapsed))
+        if self.keep_records:
+            self.times.defer("jobs", lambda: list(store.elapsed))
         self.globaldict = runner.globaldict
         self.load_samples = list(runner.monitor.samples)
         self._status = _DONE
@@ -783,12 +809,15 @@ def parallelize(
         >>> parallelize(f, iterkwargs={"x": [1, 2, 3], "y": [2, 3, 4]}, parallelizer="thread")
         [2, 6, 12]
     """
+    if "keep_records" in func_kwargs and (kwargs is None or isinstance(kwargs, Mapping)):
+        # Not an option of parallelize(), which keeps no records: the function's argument.
+        kwargs = {**(kwargs or {}), "keep_records": func_kwargs.pop("keep_records")}
     parallel = Parallel(
         func, iterarg=iterarg, iterkwargs=iterkwargs, args=args, kwargs=kwargs, ncpus=ncpus,
         maxcpu=maxcpu, maxmem=maxmem, interval=interval, parallelizer=parallelizer,
         serial=serial, progress=progress, callback=callback, globaldict=globaldict, die=die,
         label=label, timeout=timeout, retries=retries, chunksize=chunksize,
-        start_method=start_method, **func_kwargs,
+        start_method=start_method, keep_records=False, **func_kwargs,
     )
     parallel.run()
     assert parallel.results is not None

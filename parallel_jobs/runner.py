@@ -343,10 +343,10 @@ class Runner:
         final: set[int] = set()
         for pos in batch.failures:
             index = batch.indices[pos]
-            if store.attempts[index] < self.retries:
+            if store.attempts_of(index) < self.retries:
                 self.source.retry.append(index)
                 logger.info("task %d failed (attempt %d); retrying", index,
-                            store.attempts[index] + 1)
+                            store.attempts_of(index) + 1)
             else:
                 final.add(index)
         store.record(batch, final)
@@ -364,9 +364,9 @@ class Runner:
             for pos, index in enumerate(batch.indices):
                 if pos in batch.failures and index not in final:
                     continue
-                self._call_back(index)
+                self._call_back(index, batch.elapsed[pos])
 
-    def _call_back(self, index: int) -> None:
+    def _call_back(self, index: int, elapsed: float) -> None:
         assert self.callback is not None
         args, kwargs = task_call(self.payload, self.plan.task(index))
         store = self.store
@@ -380,7 +380,7 @@ class Runner:
                 "result": store.values[index],
                 "success": store.state[index] == SUCCEEDED,
                 "exception": store.exception(index),
-                "elapsed": store.elapsed[index],
+                "elapsed": elapsed,
             },
             "stop": False,
         }

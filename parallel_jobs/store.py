@@ -28,9 +28,13 @@ class ResultStore:
     table of the run's worker pids (widened if a run ever sees more than 255 workers), and
     its attempts take one byte unless ``retries`` allows more than 255.
 
+    Without ``records``, only values, states and failures are kept (1 byte a task besides the
+    value), and attempts only when a failed task may be retried.
+
     Args:
         njobs: the number of tasks.
         retries: how many times a failed task may run again, so how many attempts to count.
+        records: keep each task's timings, resources, process and attempts.
 
     Examples:
         >>> store = ResultStore(3)
@@ -38,18 +42,21 @@ class ResultStore:
         (0, 0)
     """
 
-    def __init__(self, njobs: int, retries: int = 0) -> None:
+    def __init__(self, njobs: int, retries: int = 0, records: bool = True) -> None:
         self.njobs = njobs
+        self.records = records
         self.values: list[Any] = [None] * njobs
         self.state = zeros("b", njobs)
-        self.started = zeros("f", njobs)
-        self.elapsed = zeros("f", njobs)
-        self.cpu_time = zeros("f", njobs)
-        self.peak_kib = zeros("I", njobs)
-        self.worker = zeros("B", njobs)
+        timed = njobs if records else 0
+        self.started = zeros("f", timed)
+        self.elapsed = zeros("f", timed)
+        self.cpu_time = zeros("f", timed)
+        self.peak_kib = zeros("I", timed)
+        self.worker = zeros("B", timed)
         self.pids: list[int] = [0]  # worker number 0: no process (the task never ran)
         self._numbers: dict[int, int] = {0: 0}
-        self.attempts = zeros("B" if retries < 255 else "I", njobs)
+        counted = njobs if records or retries else 0
+        self.attempts = zeros("B" if retries < 255 else "I", counted)
         self.failures: dict[int, Failure] = {}
         self.done = 0
         self.failed = 0
@@ -61,6 +68,13 @@ class ResultStore:
     def succeeded(self) -> int:
         """How many tasks have succeeded so far."""
         return self.done - self.failed
+
+    def attempts_of(self, index: int) -> int:
+        """How many times task ``index`` has run (1 for a finished one whose attempts were not
+        counted: without records, a task that may not be retried runs once)."""
+        if self.attempts:
+            return self.attempts[index]
+        return 0 if self.state[index] in (PENDING, CANCELLED) else 1
 
     def _number(self, pid: int) -> int:
         """The worker number of process ``pid``, given a new one (widening the column when
@@ -82,32 +96,24 @@ class ResultStore:
         are recorded only as an attempt."""
         indices = batch.indices
         failures = batch.failures
-        origin = self.origin
         if not failures and type(indices) is range and indices.step == 1:
             # The hot path: a clean chunk of consecutive tasks, stored by slice assignment.
             lo, hi = indices.start, indices.stop
             n = hi - lo
             self.values[lo:hi] = batch.values
             self.state[lo:hi] = array("b", bytes([SUCCEEDED])) * n
-            self.started[lo:hi] = array("f", [t - origin if t else 0.0 for t in batch.started])
-            self.elapsed[lo:hi] = array("f", batch.elapsed)
-            self.cpu_time[lo:hi] = array("f", batch.cpu_time)
-            self.peak_kib[lo:hi] = array("I", [b >> 10 for b in batch.peak_rss])
-            number = self._number(batch.pid)  # first: it may widen the column
-            self.worker[lo:hi] = array(self.worker.typecode, [number]) * n
-            # A range chunk is always a first attempt: retries and requeues travel as lists.
-            self.attempts[lo:hi] = array(self.attempts.typecode, [1]) * n
+            if self.attempts:
+                # A range chunk is always a first attempt: retries and requeues travel as lists.
+                self.attempts[lo:hi] = array(self.attempts.typecode, [1]) * n
+            if self.records:
+                self._record_times(batch, lo, hi)
             self.done += n
             return
-        number = self._number(batch.pid)
         for pos, index in enumerate(indices):
-            self.attempts[index] += 1
-            started = batch.started[pos]
-            self.started[index] = started - origin if started else 0.0
-            self.elapsed[index] = batch.elapsed[pos]
-            self.cpu_time[index] = batch.cpu_time[pos]
-            self.peak_kib[index] = batch.peak_rss[pos] >> 10
-            self.worker[index] = number
+            if self.attempts:
+                self.attempts[index] += 1
+            if self.records:
+                self._record_times(batch, index, index + 1, pos)
             failure = failures.get(pos)
             if failure is None:
                 self.values[index] = batch.values[pos]
@@ -120,6 +126,18 @@ class ResultStore:
                 self.failures[index] = failure
                 self.done += 1
                 self.failed += 1
+
+    def _record_times(self, batch: Batch, lo: int, hi: int, pos: int = 0) -> None:
+        """Copy the timings and resources of tasks ``lo:hi``, at ``pos`` on in ``batch``."""
+        origin = self.origin
+        end = pos + hi - lo
+        started = batch.started[pos:end]
+        self.started[lo:hi] = array("f", [t - origin if t else 0.0 for t in started])
+        self.elapsed[lo:hi] = array("f", batch.elapsed[pos:end])
+        self.cpu_time[lo:hi] = array("f", batch.cpu_time[pos:end])
+        self.peak_kib[lo:hi] = array("I", [b >> 10 for b in batch.peak_rss[pos:end]])
+        number = self._number(batch.pid)  # first: it may widen the column
+        self.worker[lo:hi] = array(self.worker.typecode, [number]) * (hi - lo)
 
     def cancel_pending(self) -> int:
         """Mark every task that never finished as cancelled; return how many."""
@@ -139,7 +157,10 @@ class ResultStore:
         return None if failure is None else failure.exception
 
     def task_result(self, index: int) -> TaskResult:
-        """The :class:`TaskResult` of task ``index``."""
+        """The :class:`TaskResult` of task ``index`` (only when the store keeps records)."""
+        if not self.records:
+            msg = "this store keeps no per-task records"
+            raise RuntimeError(msg)
         failure = self.failures.get(index)
         ran = self.attempts[index] > 0
         wall = self.wall_origin + self.started[index] if ran else 0.0

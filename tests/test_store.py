@@ -3,6 +3,8 @@ however many workers a run goes through and however many retries it allows."""
 
 from __future__ import annotations
 
+import pytest
+
 from parallel_jobs.store import FAILED, SUCCEEDED, ResultStore
 from parallel_jobs.task import Batch, Failure
 
@@ -57,3 +59,32 @@ def test_attempts_count_past_255_when_retries_allow_it() -> None:
 def test_a_store_of_a_few_retries_counts_attempts_in_one_byte() -> None:
     assert ResultStore(5, retries=3).attempts.itemsize == 1
     assert ResultStore(5).worker.itemsize == 1
+
+
+def test_a_store_without_records_keeps_values_states_and_failures_only() -> None:
+    store = ResultStore(1000, records=False)
+    assert len(store.values) == len(store.state) == 1000
+    for column in (store.started, store.elapsed, store.cpu_time, store.peak_kib, store.worker,
+                   store.attempts):
+        assert len(column) == 0
+    store.record(clean_batch(0, 4, pid=7), set())
+    assert store.values[:4] == [0, 1, 4, 9]
+    assert [store.attempts_of(i) for i in (0, 3, 4)] == [1, 1, 0]
+    with pytest.raises(RuntimeError, match="no per-task records"):
+        store.task_result(0)
+
+
+def test_a_store_without_records_still_counts_attempts_when_tasks_may_be_retried() -> None:
+    store = ResultStore(3, retries=2, records=False)
+    assert len(store.attempts) == 3
+    failing = Batch.empty([1], pid=7)
+    failing.failures[0] = Failure.capture(ValueError("once"))
+    store.record(failing, set())  # not final: it will be retried
+    assert store.attempts_of(1) == 1
+    assert store.done == 0
+    retried = Batch.empty([1], pid=8)
+    retried.values[0] = "ok"
+    store.record(retried, set())
+    assert store.attempts_of(1) == 2
+    assert store.values[1] == "ok"
+    assert store.done == 1
