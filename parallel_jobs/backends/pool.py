@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -294,7 +295,7 @@ class ProcessPoolBackend(Backend):
 
     def _spawn(self, number: int) -> _Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
-        slot = self.context.RawArray("d", 2)
+        slot = self._shared_slot()
         seed = None if self.seed_base is None else self.seed_base + 7919 * self.started_workers
         inherited = self.payload if isinstance(self.payload, Payload) else None
         process = self.context.Process(
@@ -322,6 +323,15 @@ class ProcessPoolBackend(Backend):
             self.workers[worker.number] = None
         _ask_to_exit(idle, grace=0.0)
         self.retiring.extend(idle)
+
+    def _shared_slot(self) -> Any:
+        """Two doubles that a worker writes and this process reads: the task it runs, and
+        since when (see :func:`~parallel_jobs.worker.run_chunk`)."""
+        if self.context.get_start_method() == "fork":
+            # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
+            # worker's start a file in /dev/shm and an arena of multiprocessing's heap.
+            return memoryview(mmap.mmap(-1, 16)).cast("d")
+        return self.context.RawArray("d", 2)
 
     def shutdown(self, abort: bool = False) -> None:
         live = [w for w in self.workers if w is not None]
