@@ -2,51 +2,40 @@
 
 When the payload (function and common arguments) must be pickled for workers that do not
 inherit it (spawn, forkserver, ``concurrent.futures``), every NumPy array of at least
-``MIN_SHARED_BYTES`` inside it is copied once into a file in ``/dev/shm``; the pickle carries
-only its name, shape and dtype, and each worker maps the file read-only, so an array of 200 MB
-costs one copy, not one per worker or per task.
+``MIN_SHARED_BYTES`` inside it is copied once into an anonymous shared-memory file
+(``memfd_create``); the pickle carries only the way to open it (``/proc/<parent>/fd/<n>``),
+its shape and its dtype, and each worker maps it read-only, so an array of 200 MB costs one
+copy, not one per worker or per task.
 
-The parent owns every segment: :class:`SharedArrays` creates them and ``close()`` unlinks them,
-which the Runner calls after success, failure and Ctrl-C alike; an ``atexit`` hook catches the
-rest. Where ``/dev/shm`` does not exist, arrays are pickled like any other object.
+The file has no name anywhere: the kernel frees its memory once the parent has closed it
+(:meth:`SharedArrays.close`, which the backends call however the run ends) and the workers have
+unmapped it, and when the parent dies it closes by itself, so not even a parent killed with
+SIGKILL leaves memory behind. Where memfd or ``/proc`` does not exist, arrays are pickled like
+any other object.
 """
 
 from __future__ import annotations
 
-import atexit
 import io
 import mmap
 import os
 import pickle
-import secrets
 import sys
 from typing import Any
 
 import dill
 
-__all__ = ["MIN_SHARED_BYTES", "SHM_DIR", "SHM_PREFIX", "SharedArrays", "loads_payload"]
+__all__ = ["MIN_SHARED_BYTES", "SEGMENT_NAME", "SharedArrays", "loads_payload"]
 
 MIN_SHARED_BYTES = 1 << 20
-SHM_DIR = "/dev/shm"
-SHM_PREFIX = "parallel_jobs_"
-_LIVE: set[str] = set()
-
-
-def _cleanup_at_exit() -> None:
-    for path in list(_LIVE):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        _LIVE.discard(path)
-
-
-atexit.register(_cleanup_at_exit)
+SEGMENT_NAME = "parallel_jobs"
+"""The name a segment shows in ``/proc/<pid>/fd`` (as ``/memfd:parallel_jobs (deleted)``)."""
 
 
 def shm_available() -> bool:
-    """Whether arrays can be shared through ``/dev/shm`` on this platform."""
-    return sys.platform.startswith("linux") and os.path.isdir(SHM_DIR)
+    """Whether arrays can be shared through anonymous shared memory on this platform."""
+    return (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+            and os.path.isdir("/proc/self/fd"))
 
 
 class _SharingPickler(dill.Pickler):
@@ -83,7 +72,7 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 class SharedArrays:
-    """Owns the shared-memory segments of one run.
+    """Owns the shared-memory segments of one run: an open file descriptor each.
 
     Examples:
         >>> owner = SharedArrays()
@@ -94,7 +83,7 @@ class SharedArrays:
     """
 
     def __init__(self) -> None:
-        self.paths: list[str] = []
+        self.fds: list[int] = []
         self.enabled = shm_available()
 
     def put(self, array: Any) -> tuple[str, str, tuple[int, ...], Any] | None:
@@ -103,24 +92,21 @@ class SharedArrays:
             return None
         import numpy as np
 
-        path = os.path.join(SHM_DIR, f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(6)}")
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        _LIVE.add(path)
-        self.paths.append(path)
-        try:
-            if array.flags.c_contiguous:
-                # write() fills tmpfs pages in bulk: twice as fast as faulting in a mapping.
-                _write_all(fd, memoryview(array.reshape(-1).view(np.uint8)))
-            elif array.nbytes:
-                os.ftruncate(fd, array.nbytes)
-                with mmap.mmap(fd, array.nbytes) as mm:
-                    target = np.frombuffer(mm, dtype=array.dtype).reshape(array.shape)
-                    target[...] = array
-                    del target
-        finally:
-            os.close(fd)
+        # Close-on-exec: a spawned worker opens the segment through /proc, as any reader does.
+        fd = os.memfd_create(SEGMENT_NAME, os.MFD_CLOEXEC)
+        self.fds.append(fd)
+        if array.flags.c_contiguous:
+            # write() fills the pages in bulk: twice as fast as faulting in a mapping.
+            _write_all(fd, memoryview(array.reshape(-1).view(np.uint8)))
+        elif array.nbytes:
+            os.ftruncate(fd, array.nbytes)
+            with mmap.mmap(fd, array.nbytes) as mm:
+                target = np.frombuffer(mm, dtype=array.dtype).reshape(array.shape)
+                target[...] = array
+                del target
         # The dtype itself, not its string: a structured dtype's string drops its fields.
-        return ("parallel_jobs.shm", path, tuple(array.shape), array.dtype)
+        return ("parallel_jobs.shm", f"/proc/{os.getpid()}/fd/{fd}", tuple(array.shape),
+                array.dtype)
 
     def dumps(self, obj: Any) -> bytes:
         """Pickle ``obj`` with dill, moving large arrays into shared memory."""
@@ -129,14 +115,13 @@ class SharedArrays:
         return buffer.getvalue()
 
     def close(self) -> None:
-        """Unlink every segment this owner created. Safe to call more than once."""
-        for path in self.paths:
+        """Let go of every segment (freed once no worker maps it). Safe to call twice."""
+        for fd in self.fds:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
+                os.close(fd)
+            except OSError:
                 pass
-            _LIVE.discard(path)
-        self.paths.clear()
+        self.fds.clear()
 
 
 def loads_payload(blob: bytes) -> Any:

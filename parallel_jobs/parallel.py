@@ -239,7 +239,7 @@ class Parallel:
         self.chunksize: int | None = None if chunksize is None else int(
             _positive(chunksize, "chunksize", integer=True))
         self.start_method: str | None = self._check_start_method(start_method)
-        self.keep_records = bool(keep_records)
+        self.keep_records: bool = bool(keep_records)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()

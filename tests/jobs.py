@@ -266,9 +266,22 @@ def shared_view(x: int, data: Any, owner: int) -> tuple[bool, bool, float, list[
         base = base.base
     if isinstance(base, memoryview):
         base = base.obj
-    prefix = f"parallel_jobs_{owner}_"
-    segments = sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+    segments = held_segments(owner)
     return bool(data.flags.writeable), isinstance(base, mmap.mmap), float(data[x].sum()), segments
+
+
+def held_segments(pid: int) -> list[str]:
+    """The shared-array segments that process ``pid`` holds open (its ``/memfd:`` files)."""
+    found = []
+    folder = f"/proc/{pid}/fd"
+    for fd in os.listdir(folder):
+        try:
+            target = os.readlink(os.path.join(folder, fd))
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("/memfd:parallel_jobs"):
+            found.append(f"{fd} -> {target}")
+    return sorted(found)
 
 
 def terminate_self(x: int) -> int:

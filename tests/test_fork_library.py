@@ -69,4 +69,5 @@ def test_a_multiprocess_manager_dict_among_the_shared_arguments_works_in_forked_
                              ncpus=2, chunksize=1, start_method="fork")
         assert dict(shared) == {x: x * 10 for x in range(-1, 40)}
     # Each task saw the dict at least as big as it made it, and no bigger than all of it.
-    assert all(2 <= count <= 41 for count in counts) and len(counts) == 40
+    assert len(counts) == 40
+    assert all(2 <= count <= 41 for count in counts)

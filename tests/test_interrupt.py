@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests import jobs
 from tests.conftest import ROOT
 from tests.test_faults import gone
 
@@ -44,7 +45,7 @@ def alive(pid):
 
 
 if __name__ == "__main__":
-    # 4 MiB of shared data: under spawn it travels through /dev/shm.
+    # 4 MiB of shared data: under spawn it travels through shared memory.
     data = np.ones(1 << 19)
     P = Parallel(jobs.report_then_wait, range(6), folder=folder, quick=2, data=data, ncpus=2,
                  chunksize=1, start_method=start_method,
@@ -65,7 +66,7 @@ if __name__ == "__main__":
         "alive": [pid for pid in pids if alive(pid)],
         "children": [c.pid for c in psutil.Process().children(recursive=True)
                      if "resource_tracker" not in " ".join(c.cmdline())],
-        "shm": [n for n in os.listdir("/dev/shm") if n.startswith(f"parallel_jobs_{os.getpid()}_")],
+        "shm": jobs.held_segments(os.getpid()),
     }))
 """
 
@@ -105,8 +106,7 @@ def _interrupt(tmp_path: Path, start_method: str, parallelizer: str, how: str) -
     """Run the script, signal it once tasks 2 and 3 run, and return what it printed."""
     with _running(tmp_path, start_method, parallelizer) as proc:
         if start_method == "spawn":
-            prefix = f"parallel_jobs_{proc.pid}_"
-            assert any(n.startswith(prefix) for n in os.listdir("/dev/shm"))
+            assert jobs.held_segments(proc.pid), "the run shares its data"
         sent = time.time()
         if how == "SIGINT":
             # A terminal's Ctrl-C reaches the whole foreground process group.
@@ -160,3 +160,5 @@ def test_workers_die_with_a_parent_killed_outright(
             time.sleep(0.01)
     assert len(pids) == 2
     assert all(gone(pid) for pid in pids)
+    # The shared data had no name to outlive the parent (it once stayed in /dev/shm for good).
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"parallel_jobs_{proc.pid}_")]

@@ -22,7 +22,7 @@ KEEPING = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_st
 
 def _mapped_segments(pid: int) -> list[str]:
     with open(f"/proc/{pid}/maps") as fh:
-        return [line for line in fh if "parallel_jobs_" in line]
+        return [line for line in fh if "/memfd:parallel_jobs" in line]
 
 
 @pytest.mark.timeout(60)
@@ -42,7 +42,7 @@ def test_a_second_run_reuses_the_first_runs_workers(start_method: str) -> None:
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/<pid>/maps")
 def test_a_kept_worker_lets_go_of_the_last_runs_shared_arrays() -> None:
     np = pytest.importorskip("numpy")
-    data = np.ones((4, 1 << 18))  # 8 MB: shared through /dev/shm
+    data = np.ones((4, 1 << 18))  # 8 MB: shared through shared memory
     results = parallelize(jobs.use_data, range(4), data=data, ncpus=2, chunksize=1,
                           start_method="spawn", bad=-1)
     assert results == [1, 2, 5, 10]

@@ -8,7 +8,6 @@ import gc
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,6 @@ import pytest
 
 from parallel_jobs import Parallel, WorkerCrashedError, parallelize
 from tests import jobs
-
-SHM = Path("/dev/shm")
 
 
 def snapshot() -> dict[str, int]:
@@ -29,7 +26,7 @@ def snapshot() -> dict[str, int]:
         "os threads": me.num_threads(),
         "fds": me.num_fds(),
         "children": len(me.children(recursive=True)),
-        "shm": len(list(SHM.glob(f"parallel_jobs_{os.getpid()}_*"))) if SHM.is_dir() else 0,
+        "shm": len(jobs.held_segments(os.getpid())),
     }
 
 
@@ -64,7 +61,7 @@ def fast_run() -> None:
 
 
 def spawned_run_with_shared_array() -> None:
-    data = np.ones(1 << 18)  # 2 MiB: goes through /dev/shm
+    data = np.ones(1 << 18)  # 2 MiB: goes through shared memory
     result = parallelize(jobs.report_then_wait, range(4), folder="unused", quick=4, data=data,
                          ncpus=2, start_method="spawn")
     assert result == [0, 1, 2, 3]

@@ -52,7 +52,8 @@ def test_forked_workers_start_with_their_first_chunk_and_retire_when_idle() -> N
         backend.submit(Chunk(range(1, 2), itervals=[4]))
         assert _collect_one(backend) == [16]
         second = _live_children() - before
-        assert len(second) == 1 and second != first
+        assert len(second) == 1
+        assert second != first
     finally:
         backend.shutdown()
     assert _live_children() == before

@@ -1,5 +1,5 @@
 """Large NumPy arrays that all tasks share go through shared memory once, arrive read-only, and
-leave nothing behind in /dev/shm however the run ends."""
+leave no segment open however the run ends."""
 
 from __future__ import annotations
 
@@ -8,19 +8,18 @@ import os
 import pytest
 
 from parallel_jobs import Parallel, WorkerCrashedError, parallelize
-from parallel_jobs._shm import MIN_SHARED_BYTES, SHM_DIR, SharedArrays, loads_payload
+from parallel_jobs._shm import MIN_SHARED_BYTES, SharedArrays, loads_payload, shm_available
 from tests import jobs
 
 np = pytest.importorskip("numpy")
-pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
+pytestmark = pytest.mark.skipif(not shm_available(), reason="needs memfd_create and /proc")
 
 PICKLED = ("spawn", "forkserver")
 
 
 def segments() -> list[str]:
-    """The segments this test process owns now."""
-    prefix = f"parallel_jobs_{os.getpid()}_"
-    return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(prefix))
+    """The segments this test process holds now."""
+    return jobs.held_segments(os.getpid())
 
 
 @pytest.fixture
@@ -59,7 +58,7 @@ def test_arrays_are_shared_wherever_they_sit_in_the_arguments(big: object) -> No
     try:
         blob = owner.dumps({"args": (big,), "nested": {"deep": [big]}, "small": np.ones(3)})
         assert len(blob) < 4096  # the 4 MB travel by name only
-        assert len(owner.paths) == 2
+        assert len(owner.fds) == 2
         loaded = loads_payload(blob)
     finally:
         owner.close()
@@ -78,7 +77,7 @@ def test_dtypes_and_layouts_survive_the_trip() -> None:
     owner = SharedArrays()
     try:
         loaded = loads_payload(owner.dumps(arrays))
-        assert len(owner.paths) == len(arrays)
+        assert len(owner.fds) == len(arrays)
     finally:
         owner.close()
     for before, after in zip(arrays, loaded, strict=True):
@@ -87,7 +86,7 @@ def test_dtypes_and_layouts_survive_the_trip() -> None:
         assert np.array_equal(after, before)
 
 
-def test_close_unlinks_and_may_be_called_twice(big: object) -> None:
+def test_close_lets_go_and_may_be_called_twice(big: object) -> None:
     owner = SharedArrays()
     owner.dumps(big)
     assert len(segments()) == 1
