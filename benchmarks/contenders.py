@@ -1,7 +1,8 @@
 """Every contender as one call: ``run(func, items, kwargs, start_method) -> list of results``.
 
 Each call builds its pool (or executor) afresh and tears it down, with 2 workers, so every
-contender pays the same start-up costs it would in a user's script. Libraries are imported inside
+contender pays the same start-up costs it would in a user's script. Each returns what its
+library returns when that is a list already (no copy to weigh on its memory), else a list. Libraries are imported inside
 the calls, so a child process measuring one contender's memory loads only that contender.
 A start method of None means the contender's own default.
 """
@@ -37,8 +38,10 @@ def _sciris(parallelizer: str | None) -> Run:
             start_method: str | None) -> list[Any]:
         import sciris
 
-        return list(sciris.parallelize(func, items, kwargs=dict(kwargs), ncpus=NCPUS,
-                                       parallelizer=parallelizer, start_method=start_method))
+        results: list[Any] = sciris.parallelize(func, items, kwargs=dict(kwargs), ncpus=NCPUS,
+                                                parallelizer=parallelizer,
+                                                start_method=start_method)
+        return results
 
     return run
 
@@ -48,7 +51,8 @@ def _joblib(func: Callable[..., Any], items: Sequence[Any], kwargs: Mapping[str,
     # joblib's default backend, loky, has one start method of its own and no setting for it.
     from joblib import Parallel, delayed
 
-    return list(Parallel(n_jobs=NCPUS)(delayed(func)(item, **kwargs) for item in items))
+    results: list[Any] = Parallel(n_jobs=NCPUS)(delayed(func)(item, **kwargs) for item in items)
+    return results
 
 
 def _mpire(func: Callable[..., Any], items: Sequence[Any], kwargs: Mapping[str, Any],
@@ -57,7 +61,8 @@ def _mpire(func: Callable[..., Any], items: Sequence[Any], kwargs: Mapping[str, 
 
     options = {} if start_method is None else {"start_method": start_method}
     with WorkerPool(n_jobs=NCPUS, **options) as pool:
-        return list(pool.map(functools.partial(func, **kwargs), items))
+        results: list[Any] = pool.map(functools.partial(func, **kwargs), items)
+        return results
 
 
 def _multiprocess_pool(func: Callable[..., Any], items: Sequence[Any],
@@ -65,7 +70,8 @@ def _multiprocess_pool(func: Callable[..., Any], items: Sequence[Any],
     import multiprocess
 
     with multiprocess.get_context(start_method).Pool(NCPUS) as pool:
-        return list(pool.map(functools.partial(func, **kwargs), items))
+        results: list[Any] = pool.map(functools.partial(func, **kwargs), items)
+        return results
 
 
 def _process_pool_executor(func: Callable[..., Any], items: Sequence[Any],

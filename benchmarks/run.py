@@ -17,7 +17,8 @@ case it counts; one that took ``SLOW_SECONDS`` or more is not called again. Firs
 printed too, since joblib's reused workers make its warm calls cheaper than any cold start.
 Workloads that take milliseconds (startup, tiny, progress) are repeated ``CHEAP_FACTOR`` times
 as often: their noise is larger than their cost. The scale workload also runs each contender once in a child process of its
-own, to read that process's peak RSS; sciris runs scale only there (once: it takes over a minute).
+own, to read that process's peak RSS (three times, interleaved, and the median kept); sciris
+runs scale only there (once: it takes over a minute).
 
 This script reports; it never asserts a target, so it exits 0 whatever the figures say. It
 fails only when a contender returns wrong results.
@@ -51,6 +52,7 @@ from contenders import CONTENDERS, SUBJECT, Contender  # noqa: E402
 from workloads import FULL, QUICK, Sizes, burn, calibrate_burn, slice_sum, square  # noqa: E402
 
 SLOW_SECONDS = 5.0
+RSS_ROUNDS = 3
 WARM_SECONDS = 1.0
 CHEAP_FACTOR = 4
 START_METHODS = [m for m in ("fork", "spawn", "forkserver")
@@ -179,17 +181,37 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def measure_rss(contenders: Sequence[Contender], n: int) -> dict[str, dict[str, float]]:
-    """Each contender's scale run in a fresh process: seconds and parent peak RSS in bytes."""
-    out = {}
-    for contender in contenders:
-        done = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--rss-child", contender.name,
-             "--size", str(n)],
-            capture_output=True, text=True, timeout=900, check=True,
-        )
-        out[contender.name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return out
+def measure_rss(contenders: Sequence[Contender], n: int,
+                rounds: int = RSS_ROUNDS) -> dict[str, dict[str, float]]:
+    """Each contender's scale run in a fresh process, ``rounds`` times (interleaved; slow
+    contenders once): the median seconds and median parent peak RSS in bytes."""
+    runs: dict[str, list[dict[str, float]]] = {c.name: [] for c in contenders}
+    for round_ in range(rounds):
+        for contender in contenders:
+            if round_ and contender.slow:
+                continue
+            done = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--rss-child", contender.name,
+                 "--size", str(n)],
+                capture_output=True, text=True, timeout=900, check=True,
+            )
+            runs[contender.name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "peak_rss")}
+            for name, rs in runs.items()}
+
+
+def compile_subject() -> None:
+    """Byte-compile parallel_jobs, as pip does for the peers it installs.
+
+    An editable install leaves that to the first import, and where the environment sets
+    PYTHONDONTWRITEBYTECODE every fresh process (each RSS child) would compile the package
+    again, a cost that no installed copy pays.
+    """
+    import compileall
+
+    import parallel_jobs
+
+    compileall.compile_dir(os.path.dirname(parallel_jobs.__file__), quiet=1)
 
 
 def machine() -> dict[str, Any]:
@@ -282,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     everyone = [c for c in CONTENDERS.values() if not (c.slow and skip_slow)]
     wanted = set(args.only or ["startup", "tiny", "scale", "cpu", "bigdata", "progress"])
     began = time.perf_counter()
+    compile_subject()
     print(f"# parallel_jobs benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
           flush=True)
     print(f"{machine()}; repeats={repeats}; sizes={attrs.asdict(sizes)}", flush=True)
@@ -343,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         mb = {"scale peak RSS (MB)": {k: v["peak_rss"] / 2**20 for k, v in rss.items()}}
         print(table(mb, [c for c in columns if c in rss],
-                    lambda v: "—" if v is None else f"{v:.0f}", "parent"))
+                    lambda v: "—" if v is None else f"{v:.1f}", "parent"))
     if progress:
         print("\nprogress on tiny: " + ", ".join(
             f"{mode} {seconds:.4f} s ({seconds / progress['off'] - 1:+.1%})"
