@@ -79,6 +79,9 @@ class LoadMonitor:
         interval: seconds between samples.
         sampler: returns ``(cpu, memory, available)``; psutil by default.
         clock: wall-clock time source for the samples.
+        eager: sample when the run starts (:meth:`start`). A monitor that is not eager reads
+            nothing until its thread starts (:meth:`follow`), so a run over before then takes
+            no sample and never imports psutil: what a progress bar alone needs.
 
     Examples:
         >>> monitor = LoadMonitor(interval=60, sampler=lambda: (0.5, 0.25, 1024), clock=lambda: 0.0)
@@ -91,16 +94,20 @@ class LoadMonitor:
         interval: float = 1.0,
         sampler: Sampler | None = None,
         clock: Callable[[], float] = time.time,
+        eager: bool = True,
     ) -> None:
         self.interval = interval
-        # psutil measures CPU load since its previous reading: take that first reading now, so
-        # the first sample covers the time until the run starts rather than a few microseconds.
-        self._sampler = sampler if sampler is not None else psutil_sampler()
+        self.eager = eager
+        # psutil measures CPU load since its previous reading: an eager monitor takes that
+        # first reading now, so its first sample covers the time until the run starts rather
+        # than a few microseconds; a lazy one when its thread starts.
+        self._sampler = sampler if sampler is not None or not eager else psutil_sampler()
         self._clock = clock
         self.samples: list[LoadSample] = []
         self._stop = threading.Event()
         self._stop.set()  # cleared by start(); stop() before start() does nothing
         self._thread: threading.Thread | None = None
+        self._followed = False
 
     @property
     def latest(self) -> LoadSample | None:
@@ -109,15 +116,18 @@ class LoadMonitor:
 
     def sample(self) -> LoadSample:
         """Take one sample now and keep it."""
+        if self._sampler is None:
+            self._sampler = psutil_sampler()
         cpu, memory, available = self._sampler()
         reading = LoadSample(self._clock(), cpu, memory, available)
         self.samples.append(reading)
         return reading
 
     def start(self, background: bool = True) -> None:
-        """Take a first sample and, with ``background``, start sampling every ``interval``
-        seconds (see :meth:`follow`)."""
-        self.sample()
+        """Take a first sample (if eager) and, with ``background``, start sampling every
+        ``interval`` seconds (see :meth:`follow`)."""
+        if self.eager:
+            self.sample()
         self._stop.clear()
         if background:
             self.follow()
@@ -131,6 +141,9 @@ class LoadMonitor:
         """Start the sampling thread (once)."""
         if self._thread is not None:
             return
+        if self._sampler is None:
+            self._sampler = psutil_sampler()  # a lazy monitor's baseline reading
+        self._followed = True
         self._thread = threading.Thread(target=self._loop, name="parallel_jobs-monitor",
                                         daemon=True)
         self._thread.start()
@@ -140,14 +153,15 @@ class LoadMonitor:
             self.sample()
 
     def stop(self) -> None:
-        """Stop the thread at once and take a final sample (once, after :meth:`start`)."""
+        """Stop the thread at once and take a final sample (once, after :meth:`start`; a lazy
+        monitor only if its thread ran)."""
         if self._thread is None and self._stop.is_set():
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.samples:
+        if self.samples or self._followed:
             self.sample()
 
 

@@ -512,8 +512,12 @@ class Parallel:
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
-        if self.keep_records or self.progress or limited:
-            monitor: LoadMonitor = LoadMonitor(interval=self.interval or 1.0)
+        interval = self.interval or 1.0
+        if self.keep_records or limited:
+            monitor: LoadMonitor = LoadMonitor(interval)
+        elif self.progress:
+            # The bar alone shows the load once the run has lasted MONITOR_DELAY.
+            monitor = LoadMonitor(interval, eager=False)
         else:
             monitor = NullMonitor()  # nobody would see the load: no psutil, no samples
         gate = None

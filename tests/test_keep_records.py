@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from parallel_jobs import Parallel, parallelize
+from parallel_jobs.runner import MONITOR_DELAY
 from tests import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +43,11 @@ def test_the_record_views_say_why_they_are_empty() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_progress_bar_still_gets_its_load_samples() -> None:
-    # The bar shows CPU and memory: without records, the load is still sampled for it.
-    P = Parallel(jobs.square, range(4), ncpus=2, keep_records=False, progress=True).run()
-    assert P.results == [0, 1, 4, 9]
+    # The bar shows CPU and memory once a run has lasted MONITOR_DELAY: without records, the
+    # load is still sampled for it. These tasks alone outlast the delay.
+    assert MONITOR_DELAY < 0.2
+    P = Parallel(jobs.sleep_for, [0.2, 0.2], ncpus=2, keep_records=False, progress=True).run()
+    assert P.results == [0.2, 0.2]
     assert P.load_samples, "the progress bar's load samples are kept"
 
 

@@ -76,6 +76,25 @@ def test_monitor_thread_samples_at_start_and_stop_and_stops_at_once() -> None:
     assert load.calls == 2
 
 
+def test_a_lazy_monitor_samples_nothing_until_its_thread_starts() -> None:
+    # A progress bar alone needs no sample of a run that ends before the thread starts.
+    load = Load()
+    short = LoadMonitor(interval=3600, sampler=load, clock=Clock(), eager=False)
+    short.start(background=False)
+    short.stop()
+    assert load.calls == 0
+    assert short.samples == []
+
+    longer = LoadMonitor(interval=3600, sampler=load, clock=Clock(), eager=False)
+    longer.start(background=False)
+    assert load.calls == 0
+    longer.follow()  # the run has lasted long enough
+    longer.stop()
+    assert load.calls == 1  # the final sample, over the time since the thread started
+    assert len(longer.samples) == 1
+    assert not [t for t in threading.enumerate() if t.name == "parallel_jobs-monitor"]
+
+
 def test_monitor_thread_samples_every_interval() -> None:
     class Counting(Load):
         def __init__(self) -> None:
