@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -17,6 +19,17 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
+
+
+def run_script(folder: Path, source: str, timeout: float = 50.0) -> list[str]:
+    """Run ``source`` as a script in a fresh interpreter (from the checkout, so that it can
+    import ``tests``), check that it exits 0, and return the lines it printed."""
+    script = folder / "script.py"
+    script.write_text(source)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
 
 
 def _children() -> set[int]:

@@ -4,7 +4,6 @@ still steps in, and objects of ``multiprocess`` inherited by the workers still w
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 
 from parallel_jobs import parallelize
 from tests import jobs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork is the default on Linux")
 
@@ -45,12 +43,7 @@ if __name__ == "__main__":
 
 @pytest.mark.timeout(60)
 def test_dill_is_imported_only_when_the_c_pickler_refuses_something(tmp_path: Path) -> None:
-    script = tmp_path / "lazy_dill.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=50, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    assert run_script(tmp_path, SCRIPT) == [
         "plain run imported dill: False",
         "lambda arguments: [4, 6] True",
         "lambda results: [11, 21]",

@@ -4,8 +4,6 @@ results, keeps none."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,7 @@ import pytest
 from parallel_jobs import Parallel, parallelize
 from parallel_jobs.runner import MONITOR_DELAY
 from tests import jobs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 
 @pytest.mark.timeout(60)
@@ -98,12 +95,7 @@ if __name__ == "__main__":
 
 @pytest.mark.timeout(60)
 def test_parallelize_samples_no_load_that_nobody_would_see(tmp_path: Path) -> None:
-    script = tmp_path / "no_psutil.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=50, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
+    assert run_script(tmp_path, SCRIPT) == [
         "parallelize imported psutil: False",
         "Parallel imported psutil: True",
     ]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +12,7 @@ import pytest
 
 from parallel_jobs import parallelize, release_workers
 from tests import jobs
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_script
 
 KEEPING = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 
@@ -82,9 +79,4 @@ if __name__ == "__main__":
 def test_the_interpreter_exits_with_workers_of_both_libraries_kept(tmp_path: Path) -> None:
     # Each library joins its children at exit; kept workers must be stopped before that, or
     # the interpreter waits on them forever.
-    script = tmp_path / "both.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=30, cwd=ROOT, check=False)
-    assert done.stdout.strip() == "ran", done.stderr
-    assert done.returncode == 0, done.stderr
+    assert run_script(tmp_path, SCRIPT, timeout=30) == ["ran"]
