@@ -28,7 +28,7 @@ from .monitor import LoadMonitor, LoadSample
 from .parallel import Parallel, parallelize
 from .task import Task, TaskResult
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "PARALLELIZERS",
