@@ -216,6 +216,15 @@ def annotate(exception: BaseException, index: int, traceback: str) -> BaseExcept
         )
     note = f"parallel_jobs: raised by task {index}; pass die=False to run every task regardless"
     notes = getattr(exception, "__notes__", None)
-    if hasattr(exception, "add_note") and (notes is None or note not in notes):
+    if notes is not None and note in notes:
+        return exception
+    if hasattr(exception, "add_note"):
         exception.add_note(note)
+    else:
+        # Python 3.10 has no add_note; the attribute is what 3.11 and the exceptiongroup
+        # backport read (and print), and what a caller can inspect either way.
+        try:
+            exception.__notes__ = [*(notes or ()), note]  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
     return exception

@@ -173,14 +173,29 @@ def touch(x: int, folder: str, extra: Any = None) -> int:
     return x
 
 
-def nested_sum(x: int, parallelizer: str | None = None) -> tuple[int, list[str]]:
-    """Run a parallel run inside a task; return its sum and the warnings it gave."""
+FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+"""What Python 3.12+ warns at every fork from a process with threads (NumPy's BLAS has some)."""
+
+
+def record_warnings() -> Any:
+    """``warnings.catch_warnings(record=True)`` for every warning but :data:`FORK_WARNING`."""
     import warnings
 
+    class Recording(warnings.catch_warnings):
+        def __enter__(self) -> Any:
+            caught = super().__enter__()
+            warnings.simplefilter("always")
+            warnings.filterwarnings("ignore", message=FORK_WARNING, category=DeprecationWarning)
+            return caught
+
+    return Recording(record=True)
+
+
+def nested_sum(x: int, parallelizer: str | None = None) -> tuple[int, list[str]]:
+    """Run a parallel run inside a task; return its sum and the warnings it gave."""
     from parallel_jobs import parallelize
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with record_warnings() as caught:
         total = sum(parallelize(square, range(x + 1), ncpus=2, parallelizer=parallelizer))
     return total, [str(w.message) for w in caught]
 
