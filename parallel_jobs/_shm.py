@@ -33,9 +33,20 @@ SEGMENT_NAME = "parallel_jobs"
 
 
 def shm_available() -> bool:
-    """Whether arrays can be shared through anonymous shared memory on this platform."""
+    """Whether arrays can be shared through anonymous shared memory here: Linux, with memfd and
+    ``/proc``, in a process whose descriptors its workers may open (a process that made itself
+    non-dumpable forbids that, and then arrays are pickled instead)."""
     return (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
-            and os.path.isdir("/proc/self/fd"))
+            and os.path.isdir("/proc/self/fd") and _dumpable())
+
+
+_PR_GET_DUMPABLE = 3
+
+
+def _dumpable() -> bool:
+    from .worker import _prctl
+
+    return _prctl is None or _prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
 
 
 class _SharingPickler(dill.Pickler):

@@ -4,12 +4,14 @@ leave no segment open however the run ends."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from parallel_jobs import Parallel, WorkerCrashedError, parallelize
 from parallel_jobs._shm import MIN_SHARED_BYTES, SharedArrays, loads_payload, shm_available
 from tests import jobs
+from tests.conftest import run_script
 
 np = pytest.importorskip("numpy")
 pytestmark = pytest.mark.skipif(not shm_available(), reason="needs memfd_create and /proc")
@@ -122,3 +124,36 @@ def test_a_shared_array_with_fork_is_inherited_not_copied(big: object) -> None:
     assert P.results is not None
     assert all(live == [] for _, _, _, live in P.results)  # fork needs no segment at all
     assert P.results[1][2] == float(big[1].sum())  # type: ignore[index]
+
+
+NOT_DUMPABLE = """
+import ctypes
+import mmap
+
+import numpy as np
+
+import parallel_jobs as pj
+
+
+def view(x, data):
+    base = data
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return bool(data.flags.writeable), isinstance(base, mmap.mmap), float(data[x].sum())
+
+
+if __name__ == "__main__":
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/<pid>/fd is closed to others
+    data = np.arange(8 * 65536, dtype=np.float64).reshape(8, 65536)
+    results = pj.parallelize(view, range(2), ncpus=2, start_method="spawn", data=data)
+    print([(writeable, mapped, total == float(data[x].sum()))
+           for x, (writeable, mapped, total) in enumerate(results)])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_process_that_is_not_dumpable_pickles_its_arrays_instead(tmp_path: Path) -> None:
+    # Workers could not open its descriptors through /proc: sharing would fail in each of them.
+    assert run_script(tmp_path, NOT_DUMPABLE) == ["[(True, False, True), (True, False, True)]"]
