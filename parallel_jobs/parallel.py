@@ -625,10 +625,12 @@ class Parallel:
                 self._error = None  # the caller gets this very interrupt
                 raise
             finally:
-                if thread.is_alive():
-                    self._thread = thread
-                else:
+                # The run's own signal that it ended, not the thread's: after Ctrl-C, the thread
+                # may still be finishing its last lines when the run is over.
+                if self._finished.is_set():
                     self._complete()
+                else:
+                    self._thread = thread
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
