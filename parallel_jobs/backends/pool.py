@@ -179,7 +179,8 @@ class _KeptWorkers:
             return
         workers = [w for pool in self.idle.values() for w in pool]
         self.idle = {}
-        _ask_to_exit(workers, grace=1.0)
+        _tell_to_exit(workers)
+        _join(workers, grace=1.0)
         for worker in workers:
             _stop(worker)
 
@@ -210,18 +211,19 @@ def _close(worker: _Worker) -> None:
     _release(worker.process)
 
 
-def _ask_to_exit(workers: list[_Worker], grace: float, asked: Sequence[_Worker] = ()) -> None:
-    """Tell idle ``workers`` to exit, and give them, and the workers ``asked`` before,
-    ``grace`` seconds in all to do so (0: do not wait)."""
+def _tell_to_exit(workers: Sequence[_Worker]) -> None:
+    """Tell idle ``workers`` to exit (without waiting for them)."""
     for worker in workers:
         try:
             worker.conn.send_bytes(_EXIT)
         except OSError:
             pass
-    if grace <= 0:
-        return
+
+
+def _join(workers: Sequence[_Worker], grace: float) -> None:
+    """Give ``workers``, told to exit, ``grace`` seconds in all to do so."""
     deadline = time.monotonic() + grace
-    for worker in [*asked, *workers]:
+    for worker in workers:
         worker.process.join(max(0.0, deadline - time.monotonic()))
 
 
@@ -248,6 +250,8 @@ class ProcessPoolBackend(Backend):
         self.start_method = options.start_method or default_start_method()
         module = _process_library(library, self.start_method)
         self.context = module.get_context(self.start_method)
+        # Forked workers inherit the payload, start with their first chunk and are never kept.
+        self.forked = self.context.get_start_method() == "fork"
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
         self.wait = module.connection.wait
@@ -265,13 +269,11 @@ class ProcessPoolBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         self.waker = self.context.Pipe(duplex=False)
-        forked = self.context.get_start_method() == "fork"
-        if forked:
-            self.payload = payload
         self.seed_base = draw_seed()
-        if forked:
+        if self.forked:
             # Each worker is forked when its first chunk is submitted: the first one is at
             # work while the next fork takes its millisecond.
+            self.payload = payload
             return
         kept = _KEPT.take(self.key, len(self.workers))
         for number in range(len(self.workers)):
@@ -282,16 +284,15 @@ class ProcessPoolBackend(Backend):
                 logger.debug("reusing worker %d (pid %d)", number, reused.process.pid)
             else:
                 self._spawn(number)
-        if not forked:
-            # Packed only now, while the workers boot: under spawn their imports take as long
-            # as copying hundreds of megabytes into shared memory.
-            from .._shm import SharedArrays
+        # Packed only now, while the workers boot: under spawn their imports take as long as
+        # copying hundreds of megabytes into shared memory.
+        from .._shm import SharedArrays
 
-            self.shared = SharedArrays()
-            self.payload = pack_payload(payload, self.shared)
-            for worker in self.workers:
-                if worker is not None:
-                    _send_payload(worker, self.payload)
+        self.shared = SharedArrays()
+        self.payload = pack_payload(payload, self.shared)
+        for worker in self.workers:
+            if worker is not None:
+                _send_payload(worker, self.payload)
 
     def _spawn(self, number: int) -> _Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
@@ -316,18 +317,18 @@ class ProcessPoolBackend(Backend):
 
     def retire_idle(self) -> None:
         # Forked workers only: spawned ones are kept for the next run when this one ends.
-        if self.key[1] != "fork":
+        if not self.forked:
             return
         idle = [w for w in self.workers if w is not None and w.chunk is None]
         for worker in idle:
             self.workers[worker.number] = None
-        _ask_to_exit(idle, grace=0.0)
+        _tell_to_exit(idle)
         self.retiring.extend(idle)
 
     def _shared_slot(self) -> Any:
         """Two doubles that a worker writes and this process reads: the task it runs, and
         since when (see :func:`~parallel_jobs.worker.run_chunk`)."""
-        if self.context.get_start_method() == "fork":
+        if self.forked:
             # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
             # worker's start a file in /dev/shm and an arena of multiprocessing's heap.
             return memoryview(mmap.mmap(-1, 16)).cast("d")
@@ -339,9 +340,9 @@ class ProcessPoolBackend(Backend):
         retiring, self.retiring = self.retiring, []
         try:
             if not abort:
-                keepable = self.key[1] != "fork"
-                live = [w for w in live if not (keepable and self._keep(w))]
-                _ask_to_exit(live, grace=2.0, asked=retiring)
+                live = [w for w in live if self.forked or not self._keep(w)]
+                _tell_to_exit(live)
+                _join([*retiring, *live], grace=2.0)
         finally:
             for worker in retiring + live:
                 _stop(worker)
