@@ -523,12 +523,13 @@ class Parallel:
         gate = None
         if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        self._store = ResultStore(self.njobs, self.retries, self.keep_records)
+        capture = bool(getattr(self, "capture", False))
+        self._store = ResultStore(self.njobs, self.retries, self.keep_records, capture)
         return Runner(
             self._plan, backend, self._store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus,
+            ncpus=self.ncpus, capture=capture,
         )
 
     def _begin(self) -> Runner:
@@ -611,7 +612,7 @@ class Parallel:
         :meth:`finalize` gathers the run (as with sciris' ``Parallel.stop()``).
         """
         if self._runner is not None and self.running:
-            self._runner.stopped = True
+            self._runner.stop()
 
     def finalize(self) -> Parallel:
         """Wait for a background run, gather its results, and re-raise its error if any."""

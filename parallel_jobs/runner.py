@@ -32,6 +32,7 @@ from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, ResultStore
 from .task import Batch, Chunk, Payload, Task, task_call
+from .worker import binds_random_early, draw_entropy
 
 __all__ = ["Chunker", "RunPlan", "Runner", "TaskSource"]
 
@@ -218,6 +219,7 @@ class Runner:
         chunksize: int | None = None,
         callback: Callback | None = None,
         ncpus: int = 1,
+        capture: bool = False,
     ) -> None:
         self.plan = plan
         self.backend = backend
@@ -228,14 +230,18 @@ class Runner:
         self.collector = ExceptionCollector(die)
         self.retries = retries
         self.callback = callback
-        limit = 1 if gate is not None else backend.max_chunk
+        limit = backend.max_chunk
+        if gate is not None or (callback is not None and not backend.stops_mid_chunk):
+            # One task at a time: the gate admits tasks one by one, and a callback that stops
+            # the run must find no task of the same chunk starting after it.
+            limit = 1
         self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit,
                                target=backend.chunk_target, floor=backend.chunk_floor)
         self.source = TaskSource(plan.njobs)
         self.stopped = False
         self._monitor_due = 0.0
         self.interrupted = False
-        self.payload = plan.payload
+        self.payload = attrs.evolve(plan.payload, capture=capture)
         self.globaldict: Any = None
 
     def run(self) -> None:
@@ -246,6 +252,14 @@ class Runner:
                 shared = self.backend.share_dict(self.plan.globaldict)
                 kwargs = {**self.payload.kwargs, "globaldict": shared}
                 self.payload = attrs.evolve(self.payload, kwargs=kwargs)
+            if self.backend.reseeds:
+                # As sciris does for process parallelizers: one draw from the caller's NumPy
+                # RNG, from which each task's seed derives (seeded caller, same numbers).
+                entropy = draw_entropy()
+                if entropy is not None:
+                    eager = binds_random_early(self.payload.func)
+                    self.payload = attrs.evolve(
+                        self.payload, entropy=entropy, eager_seeding=eager)
             self.backend.start(self.payload)
             self.reporter.start(self.plan.njobs)
             if self.gate is None:
@@ -260,6 +274,13 @@ class Runner:
             abort = False
         finally:
             self._finish(abort)
+
+    def stop(self) -> None:
+        """Start no further task (a callback's ``data['stop']``, or ``Parallel.stop()``); tasks
+        already running finish, and those never started are marked skipped."""
+        self.stopped = True
+        self.source.cancel()
+        self.backend.stop_tasks()
 
     def interrupt(self) -> None:
         """Stop a run that another thread is running (on Ctrl-C in the caller's thread): that
@@ -343,14 +364,15 @@ class Runner:
         final: set[int] = set()
         for pos in batch.failures:
             index = batch.indices[pos]
-            if store.attempts_of(index) < self.retries:
+            if not self.stopped and store.attempts_of(index) < self.retries:
                 self.source.retry.append(index)
                 logger.info("task %d failed (attempt %d); retrying", index,
                             store.attempts_of(index) + 1)
             else:
                 final.add(index)
         store.record(batch, final)
-        self.source.retry.extend(batch.requeue)
+        if not self.stopped:
+            self.source.retry.extend(batch.requeue)
         if batch.started and batch.started[0]:
             # The worker's span over the chunk, so per-task overhead counts as work too; a
             # chunk that never ran (it could not be sent) teaches nothing.
@@ -385,7 +407,6 @@ class Runner:
             "stop": False,
         }
         self.callback(data)
-        if data["stop"]:
+        if data["stop"] and not self.stopped:
             logger.info("the callback stopped the run after task %d", index)
-            self.stopped = True
-            self.source.cancel()
+            self.stop()

@@ -42,10 +42,15 @@ class ResultStore:
         (0, 0)
     """
 
-    def __init__(self, njobs: int, retries: int = 0, records: bool = True) -> None:
+    def __init__(
+        self, njobs: int, retries: int = 0, records: bool = True, capture: bool = False
+    ) -> None:
         self.njobs = njobs
         self.records = records
         self.values: list[Any] = [None] * njobs
+        # What each task printed, with capture=True.
+        self.stdout: list[str] | None = [""] * njobs if capture else None
+        self.stderr: list[str] | None = [""] * njobs if capture else None
         self.state = zeros("b", njobs)
         timed = njobs if records else 0
         self.started = zeros("f", timed)
@@ -102,6 +107,9 @@ class ResultStore:
             n = hi - lo
             self.values[lo:hi] = batch.values
             self.state[lo:hi] = array("b", bytes([SUCCEEDED])) * n
+            if self.stdout is not None and self.stderr is not None and batch.stdout is not None:
+                self.stdout[lo:hi] = batch.stdout
+                self.stderr[lo:hi] = batch.stderr or [""] * n
             if self.attempts:
                 # A range chunk is always a first attempt: retries and requeues travel as lists.
                 self.attempts[lo:hi] = array(self.attempts.typecode, [1]) * n
@@ -114,6 +122,9 @@ class ResultStore:
                 self.attempts[index] += 1
             if self.records:
                 self._record_times(batch, index, index + 1, pos)
+            if self.stdout is not None and self.stderr is not None and batch.stdout is not None:
+                self.stdout[index] = batch.stdout[pos]
+                self.stderr[index] = batch.stderr[pos] if batch.stderr else ""
             failure = failures.get(pos)
             if failure is None:
                 self.values[index] = batch.values[pos]
@@ -121,7 +132,8 @@ class ResultStore:
                 self.failures.pop(index, None)
                 self.done += 1
             elif index in final_failures:
-                self.values[index] = None
+                # As sciris documents: "store the exception as the result".
+                self.values[index] = failure.exception
                 self.state[index] = FAILED
                 self.failures[index] = failure
                 self.done += 1
@@ -166,7 +178,7 @@ class ResultStore:
         wall = self.wall_origin + self.started[index] if ran else 0.0
         return TaskResult(
             index=index,
-            value=self.values[index],
+            value=self.values[index] if failure is None else None,
             success=self.state[index] == SUCCEEDED,
             exception=None if failure is None else failure.exception,
             traceback="" if failure is None else failure.traceback,
@@ -177,4 +189,6 @@ class ResultStore:
             peak_rss=self.peak_kib[index] << 10,
             pid=self.pid(index),
             attempts=self.attempts[index],
+            stdout="" if self.stdout is None else self.stdout[index],
+            stderr="" if self.stderr is None else self.stderr[index],
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import traceback as traceback_module
+import types
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -22,7 +23,22 @@ import attrs
 
 from .errors import RemoteTaskError
 
-__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "dumps", "task_call"]
+__all__ = [
+    "Batch",
+    "Chunk",
+    "Failure",
+    "Own",
+    "Payload",
+    "Task",
+    "TaskResult",
+    "Unloadable",
+    "atomic_values",
+    "dumps",
+    "is_immutable",
+    "own",
+    "own_values",
+    "task_call",
+]
 
 
 @attrs.frozen(slots=True)
@@ -51,16 +67,125 @@ class Task:
 class Payload:
     """What every task of a run shares; it reaches each worker once.
 
+    A process backend packs it (see ``_shm.pack_payload``) so that each task gets its own
+    copy of what it shares, as sciris' pickling per task gives: the function (when it carries
+    state) and the shared arguments are pickled once, into ``blob``, and unpickled afresh for
+    every task. A task that mutates what it was handed never changes what the next one sees.
+
     Attributes:
         func: the function to call.
         args: positional arguments appended after each task's own values.
         kwargs: keyword arguments for every task (``globaldict`` included when given);
             a task's own keyword values win over these.
+        blob: when set, the pickled ``(func or None, args, kwargs)`` that each task unpickles
+            for itself; ``args`` is then empty and ``kwargs`` holds only what tasks share on
+            purpose (``globaldict``).
+        entropy: the draw from the caller's NumPy RNG from which each task's seed is derived,
+            or None to leave the random generators alone (see ``worker.TaskSeeder``).
+        eager_seeding: seed before every task instead of at a task's first random draw (the
+            function holds a random function by another name, which no lazy hook can see).
+        capture: keep what each task prints (its stdout and stderr) instead of showing it.
     """
 
     func: Callable[..., Any]
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    blob: bytes | None = None
+    entropy: int | None = None
+    eager_seeding: bool = False
+    capture: bool = False
+
+
+_ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None), range, type(Ellipsis)})
+"""Types whose values no task can change: sharing one is the same as handing out copies."""
+
+
+def is_immutable(value: Any, depth: int = 0) -> bool:
+    """Whether no task could change ``value`` (so one object may serve every task).
+
+    Numbers, strings and bytes are, and tuples and frozensets of them; so are functions that
+    close over nothing, classes and modules, which pickling passes by reference anyway, so
+    that sciris' tasks shared them too.
+
+    Examples:
+        >>> is_immutable((1, "a", None)), is_immutable({"a": 1}), is_immutable(len)
+        (True, False, True)
+    """
+    kind = type(value)
+    if kind in _ATOMIC:
+        return True
+    if kind is tuple or kind is frozenset:
+        return depth < 8 and all(is_immutable(item, depth + 1) for item in value)
+    if kind is types.FunctionType:
+        return value.__closure__ is None
+    return kind in _BY_REFERENCE
+
+
+_BY_REFERENCE = frozenset({
+    types.BuiltinFunctionType, types.ModuleType, type,
+})
+
+
+def atomic_values(values: Sequence[Any]) -> bool:
+    """Whether every item of ``values`` is of an atomic type (checked at C speed).
+
+    Examples:
+        >>> atomic_values([1, 2.5, "x"]), atomic_values([1, [2]])
+        (True, False)
+    """
+    return _ATOMIC.issuperset(map(type, values))
+
+
+class Own:
+    """One value pickled on its own, so that it shares no object with its neighbours.
+
+    A chunk's values, or a batch's results, travel in one pickle, in which one object met twice
+    is sent once and comes back as one object: two tasks handed the same list would share it,
+    and two results that are the same dict would come back as one. sciris pickles each task
+    and each result separately; wrapping each value that could be shared in an ``Own`` gives
+    the same. Unpickling it gives the value, or an :class:`Unloadable` saying why it could not.
+    """
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _load_own, (self.blob,)
+
+
+class Unloadable:
+    """Stands for a value that could not be unpickled where it arrived."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _load_own(blob: bytes) -> Any:
+    try:
+        return pickle.loads(blob)
+    except Exception as exc:
+        return Unloadable(f"{type(exc).__name__}: {exc}")
+
+
+def own(value: Any) -> Any:
+    """``value`` itself if it is atomic, else an :class:`Own` pickle of it.
+
+    Raises:
+        Exception: whatever pickling ``value`` raises.
+    """
+    return value if type(value) in _ATOMIC else Own(dumps(value))
+
+
+def own_values(values: Sequence[Any]) -> list[Any] | None:
+    """``values`` with every value that is not atomic in its own pickle, or None when none
+    needs it (the common case of numbers and strings costs one C-speed pass)."""
+    if len(values) < 2 or atomic_values(values):
+        return None
+    return [own(value) for value in values]
 
 
 def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -96,6 +221,9 @@ class Chunk:
     indices: Sequence[int]
     itervals: Sequence[Any] | None = None
     iterkwargs: Sequence[Mapping[str, Any]] | None = None
+    owned: bool = False
+    """Whether values were pickled one by one (see :class:`Own`), so that one that could not
+    be unpickled arrives as an :class:`Unloadable` and fails its own task only."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -249,7 +377,9 @@ class Batch:
     Times are ``time.perf_counter()`` readings of the worker, which on every supported platform
     share their origin with the parent's. ``failures`` maps a position in ``indices`` to what that
     task raised; the value at that position is None. ``requeue`` lists tasks of the chunk that
-    did not run (their worker died first) and must be dispatched again.
+    did not run (their worker died first, or the run was stopped before they started): a
+    running run dispatches them again, a stopped one marks them skipped. ``stdout`` and
+    ``stderr`` hold what each task printed, with ``capture=True``.
     """
 
     indices: Sequence[int]
@@ -261,6 +391,17 @@ class Batch:
     pid: int
     failures: dict[int, Failure] = attrs.field(factory=dict)
     requeue: Sequence[int] = ()
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+    def cut(self, ran: int) -> None:
+        """Keep only the first ``ran`` tasks; the others did not run and go to ``requeue``."""
+        self.requeue = list(self.indices[ran:])
+        self.indices = self.indices[:ran]
+        del self.values[ran:], self.started[ran:], self.elapsed[ran:]
+        del self.cpu_time[ran:], self.peak_rss[ran:]
+        if self.stdout is not None and self.stderr is not None:
+            del self.stdout[ran:], self.stderr[ran:]
 
     @classmethod
     def empty(cls, indices: Sequence[int], pid: int) -> Batch:
@@ -332,6 +473,8 @@ class TaskResult:
             (0 where the backend cannot tell).
         pid: the process that ran it.
         attempts: how many times it was run (more than 1 with ``retries``); 0 if never run.
+        stdout: what it printed to standard output, with ``capture=True`` (else ``""``).
+        stderr: what it printed to standard error, with ``capture=True`` (else ``""``).
 
     Examples:
         >>> r = TaskResult(index=0, value=4, success=True)
@@ -351,3 +494,5 @@ class TaskResult:
     peak_rss: int = 0
     pid: int = 0
     attempts: int = 0
+    stdout: str = ""
+    stderr: str = ""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -30,6 +31,18 @@ def run_script(folder: Path, source: str, timeout: float = 50.0) -> list[str]:
                           timeout=timeout, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
+
+
+def returned(parallel: Any) -> list[Any]:
+    """``parallel.results`` with None for each task that did not succeed, after checking that
+    a failed task's result is its exception (sciris: "store the exception as the result")."""
+    out = []
+    for result, ok, error in zip(parallel.results, parallel.success, parallel.exceptions,
+                                 strict=True):
+        if not ok:
+            assert result is error
+        out.append(result if ok else None)
+    return out
 
 
 def _children() -> set[int]:

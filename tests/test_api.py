@@ -20,6 +20,7 @@ import pytest
 import parallel_jobs as pj
 from parallel_jobs import Parallel, parallelize
 from tests import jobs
+from tests.conftest import returned
 
 sc = pj  # the examples read as in the sciris documentation
 
@@ -300,7 +301,8 @@ def test_callback_is_called_once_per_task_with_what_happened() -> None:
         assert set(outdict) == {"result", "success", "exception", "elapsed"}
         assert outdict["elapsed"] >= 0
         if value == 3:
-            assert outdict["result"] is None
+            # sciris: "store the exception as the result"
+            assert outdict["result"] is outdict["exception"]
             assert outdict["success"] is False
             assert isinstance(outdict["exception"], ValueError)
         else:
@@ -337,7 +339,7 @@ def test_callback_stop_starts_no_further_tasks(parallelizer: str) -> None:
 
     P = Parallel(jobs.square, range(50), ncpus=1, chunksize=1, parallelizer=parallelizer,
                  callback=stop_after_first).run()
-    assert P.results == [0] + [None] * 49
+    assert returned(P) == [0] + [None] * 49
     assert P.success == [True] + [False] * 49
     assert P.skipped == [False] + [True] * 49
     assert P.status == "done"
@@ -427,7 +429,7 @@ def test_die_false_runs_every_task_and_warns_once() -> None:
         "only 2 of 4 tasks succeeded; see the exceptions attribute (or task_results) for what "
         "failed"]
     assert len(caught) == 1
-    assert P.results == [None, 1, None, 2]
+    assert returned(P) == [None, 1, None, 2]
     assert P.success == [False, True, False, True]
     assert P.exceptions is not None
     assert [type(e) for e in P.exceptions] == [ValueError, type(None), ValueError, type(None)]
@@ -477,9 +479,11 @@ def test_die_false_with_every_task_succeeding_does_not_warn() -> None:
     assert P.exceptions == [None, None]
 
 
-def test_die_false_parallelize_returns_none_for_failures() -> None:
+def test_die_false_parallelize_returns_the_exception_as_a_failed_tasks_result() -> None:
     with pytest.warns(RuntimeWarning, match="only 1 of 2 tasks succeeded"):
-        assert parallelize(jobs.fail_on, [3, 4], die=False) == [None, 4]
+        results = parallelize(jobs.fail_on, [3, 4], die=False)
+    assert isinstance(results[0], ValueError)
+    assert results[1] == 4
 
 
 # -- the Parallel object ---------------------------------------------------------------------------
@@ -579,7 +583,7 @@ def test_stop_starts_no_further_tasks_of_a_background_run(tmp_path: Path) -> Non
     P.stop()
     (tmp_path / "go").touch()
     P.finalize()
-    assert P.results == [0, 1] + [None] * 8
+    assert returned(P) == [0, 1] + [None] * 8
     assert P.skipped == [False] * 2 + [True] * 8
     assert not (tmp_path / "started-2").exists()
 

@@ -28,6 +28,7 @@ from parallel_jobs import (
     parallelize,
 )
 from tests import jobs
+from tests.conftest import returned
 
 # How each way of dying shows up: exit code, signal name, and words of the likely cause.
 DEATHS = {
@@ -61,7 +62,7 @@ def test_a_crash_costs_only_the_task_that_crashed(start_method: str, how: str) -
                  start_method=start_method)
     run_tolerant(P)
 
-    assert P.results == [x * x if x != 3 else None for x in range(10)]
+    assert returned(P) == [x * x if x != 3 else None for x in range(10)]
     assert P.success == [x != 3 for x in range(10)]
     error = P.exceptions[3]
     exitcode, signame, cause = DEATHS[how]
@@ -86,7 +87,7 @@ def test_a_crash_inside_a_chunk_requeues_the_rest_of_it(start_method: str) -> No
     P = Parallel(jobs.die_on, range(10), how="kill", bad=6, ncpus=2, chunksize=5, die=False,
                  start_method=start_method)
     run_tolerant(P)
-    assert P.results == [x * x if x != 6 else None for x in range(10)]
+    assert returned(P) == [x * x if x != 6 else None for x in range(10)]
     assert isinstance(P.exceptions[6], WorkerCrashedError)
     assert P.exceptions[6].index == 6
 
@@ -124,7 +125,7 @@ def test_a_worker_dying_outside_any_task_fails_its_chunk_and_says_when() -> None
     P = Parallel(return_exits_when_pickled, range(5), ncpus=1, chunksize=1, die=False,
                  start_method="fork")
     run_tolerant(P)
-    assert P.results == [0, 1, None, 3, 4]
+    assert returned(P) == [0, 1, None, 3, 4]
     error = P.exceptions[2]
     assert isinstance(error, WorkerCrashedError)
     assert (error.index, error.exitcode) == (2, 4)
@@ -182,7 +183,7 @@ def test_timeout_stops_an_overrunning_task_and_the_rest_go_on(start_method: str)
     run_tolerant(P)
     assert time.perf_counter() - started < 10
 
-    assert P.results == [x if x != 7 else None for x in range(10)]
+    assert returned(P) == [x if x != 7 else None for x in range(10)]
     error = P.exceptions[7]
     assert isinstance(error, TaskTimeoutError)
     assert isinstance(error, TimeoutError)
@@ -199,7 +200,7 @@ def test_timeout_stops_the_processes_a_task_started_too(tmp_path: Path) -> None:
     P = Parallel(jobs.start_child_then_hang, range(3), folder=str(tmp_path), timeout=0.5,
                  ncpus=2, chunksize=1, die=False)
     run_tolerant(P)
-    assert P.results == [0, None, 2]
+    assert returned(P) == [0, None, 2]
     assert isinstance(P.exceptions[1], TaskTimeoutError)
     grandchild = int((tmp_path / "grandchild").read_text())
     # Killed already; a zombie until init reaps it, which it may do at leisure.
@@ -240,7 +241,7 @@ def test_retries_give_up_after_the_last_attempt(how: str, tmp_path: Path) -> Non
     P = Parallel(jobs.fail_once, range(5), folder=str(tmp_path), how=how, always=True,
                  retries=2, ncpus=2, chunksize=1, die=False)
     run_tolerant(P)
-    assert P.results == [0, 1, 2, None, 4]
+    assert returned(P) == [0, 1, 2, None, 4]
     assert P.task_results[3].attempts == 3
     assert (tmp_path / "runs").read_text() == "xxx"
     expected = RuntimeError if how == "raise" else WorkerCrashedError
@@ -263,7 +264,7 @@ def test_an_unpicklable_return_value_fails_its_own_task_only(start_method: str) 
     P = Parallel(jobs.return_unpicklable, range(6), ncpus=2, chunksize=3, die=False,
                  start_method=start_method)
     run_tolerant(P)
-    assert P.results == [0, 1, 2, None, 4, 5]
+    assert returned(P) == [0, 1, 2, None, 4, 5]
     error = P.exceptions[3]
     assert isinstance(error, SerializationError)
     assert "return value of task 3" in str(error)
@@ -280,7 +281,7 @@ def test_an_exception_that_cannot_be_pickled_still_arrives(start_method: str) ->
     P = Parallel(jobs.raise_odd, range(5), kind="unpicklable", ncpus=2, die=False,
                  start_method=start_method)
     run_tolerant(P)
-    assert P.results == [0, 1, 2, None, 4]
+    assert returned(P) == [0, 1, 2, None, 4]
     error = P.exceptions[3]
     assert isinstance(error, RemoteTaskError)
     assert isinstance(error, ParallelJobsError)
@@ -332,7 +333,7 @@ def test_an_unpicklable_task_value_fails_that_task_only(start_method: str) -> No
     P = Parallel(jobs.square, values, ncpus=2, chunksize=4, die=False,
                  start_method=start_method)
     run_tolerant(P)
-    assert P.results == [0, 1, 4, None, 16, 25, 36, 49]
+    assert returned(P) == [0, 1, 4, None, 16, 25, 36, 49]
     error = P.exceptions[3]
     assert isinstance(error, SerializationError)
     assert "arguments of task 3" in str(error)
@@ -366,7 +367,7 @@ def test_a_task_value_that_a_worker_cannot_unpickle_fails_that_task(start_method
     P = Parallel(jobs.square, [1, 2, FailsToUnpickle(), 4], ncpus=2, chunksize=1, die=False,
                  start_method=start_method)
     run_tolerant(P)
-    assert P.results == [1, 4, None, 16]
+    assert returned(P) == [1, 4, None, 16]
     assert isinstance(P.exceptions[2], SerializationError)
     assert "unpickling in the worker failed: ZeroDivisionError" in str(P.exceptions[2])
     with pytest.raises(SerializationError, match="unpickling in the worker failed"):
@@ -430,7 +431,7 @@ def test_thread_backend_abandons_an_overrunning_task_and_says_so() -> None:
         assert time.perf_counter() - started < 10
     finally:
         release.set()
-    assert P.results == [0, None, 2, 3]
+    assert returned(P) == [0, None, 2, 3]
     error = P.exceptions[1]
     assert isinstance(error, TaskTimeoutError)
     assert error.stopped is False
@@ -461,7 +462,7 @@ def test_fast_backend_abandons_an_overrunning_task_and_kills_it_at_the_end() -> 
     started = time.perf_counter()
     run_tolerant(P)
     assert time.perf_counter() - started < 10
-    assert P.results == [0, None, 2, 3]
+    assert returned(P) == [0, None, 2, 3]
     error = P.exceptions[1]
     assert isinstance(error, TaskTimeoutError)
     assert error.stopped is False
@@ -474,7 +475,7 @@ def test_fast_backend_survives_a_crash(how: str) -> None:
     P = Parallel(jobs.die_on, range(6), how=how, parallelizer="fast", ncpus=1, chunksize=1,
                  die=False)
     run_tolerant(P)
-    assert P.results == [0, 1, 4, None, 16, 25]
+    assert returned(P) == [0, 1, 4, None, 16, 25]
     assert isinstance(P.exceptions[3], WorkerCrashedError)
     assert P.exceptions[3].index == 3
 
@@ -494,7 +495,7 @@ def test_serial_backend_marks_an_overrun_when_the_task_returns() -> None:
     P = Parallel(jobs.sleep_if, range(3), slow=1, seconds=0.3, timeout=0.05, serial=True,
                  die=False)
     run_tolerant(P)
-    assert P.results == [0, None, 2]
+    assert returned(P) == [0, None, 2]
     assert isinstance(P.exceptions[1], TaskTimeoutError)
     assert P.exceptions[1].stopped is False
 

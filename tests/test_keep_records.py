@@ -12,7 +12,7 @@ import pytest
 from parallel_jobs import Parallel, parallelize
 from parallel_jobs.runner import MONITOR_DELAY
 from tests import jobs
-from tests.conftest import run_script
+from tests.conftest import returned, run_script
 
 
 @pytest.mark.timeout(60)
@@ -20,7 +20,7 @@ def test_a_run_without_records_still_has_its_lists() -> None:
     P = Parallel(jobs.fail_on, range(6), ncpus=2, die=False, keep_records=False)
     with pytest.warns(RuntimeWarning, match="only 5 of 6"):
         P.run()
-    assert P.results == [0, 1, 2, None, 4, 5]
+    assert returned(P) == [0, 1, 2, None, 4, 5]
     assert P.success == [True, True, True, False, True, True]
     assert P.skipped == [False] * 6
     assert P.exceptions is not None

@@ -13,6 +13,7 @@ import pytest
 import parallel_jobs as pj
 from parallel_jobs import Parallel, parallelize
 from tests import jobs
+from tests.conftest import returned
 
 NAMES = {
     None: "multiprocess",
@@ -73,7 +74,7 @@ def test_every_name_reports_failures_and_calls_back_the_same(
                  callback=lambda data: calls.append(data["index"]))
     with pytest.warns(RuntimeWarning, match="only 2 of 3"):
         P.run()
-    assert P.results == [1, None, 5]
+    assert returned(P) == [1, None, 5]
     assert P.success == [True, False, True]
     assert P.exceptions is not None
     assert isinstance(P.exceptions[1], ValueError)
@@ -188,7 +189,7 @@ def test_sys_exit_in_a_task_reaches_the_caller(parallelizer: Any) -> None:
 def test_sys_exit_in_a_worker_process_is_a_crash() -> None:
     with pytest.warns(RuntimeWarning, match="only 2 of 3"):
         P = Parallel(jobs.exit_on, [0, 1, 2], ncpus=2, die=False).run()
-    assert P.results == [0, None, 2]
+    assert returned(P) == [0, None, 2]
     assert P.exceptions is not None
     assert isinstance(P.exceptions[1], pj.WorkerCrashedError)
     assert P.exceptions[1].exitcode == 3

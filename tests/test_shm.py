@@ -1,5 +1,5 @@
-"""Large NumPy arrays that all tasks share go through shared memory once, arrive read-only, and
-leave no segment open however the run ends."""
+"""Large NumPy arrays that all tasks share go through shared memory once, arrive as each task's
+own writable copy-on-write view, and leave no segment open however the run ends."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def no_segment_left() -> object:
     assert segments() == []
 
 
-@pytest.mark.parametrize("start_method", PICKLED)
-def test_a_large_shared_array_arrives_as_a_read_only_view_of_shared_memory(
+@pytest.mark.parametrize("start_method", ["fork", *PICKLED])
+def test_a_large_shared_array_arrives_as_a_private_view_of_shared_memory(
     start_method: str, big: object
 ) -> None:
     P = Parallel(jobs.shared_view, range(8), ncpus=2, start_method=start_method, data=big,
@@ -48,7 +48,7 @@ def test_a_large_shared_array_arrives_as_a_read_only_view_of_shared_memory(
     P.run()
     assert P.results is not None
     for row, (writeable, mapped, total, live) in enumerate(P.results):
-        assert not writeable
+        assert writeable  # each task's own copy-on-write mapping, as a pickled copy would be
         assert mapped
         assert total == pytest.approx(float(big[row].sum()))  # type: ignore[index]
         assert len(live) == 1  # one segment, shared by every task and both workers
@@ -62,11 +62,15 @@ def test_arrays_are_shared_wherever_they_sit_in_the_arguments(big: object) -> No
         assert len(blob) < 4096  # the 4 MB travel by name only
         assert len(owner.fds) == 2
         loaded = loads_payload(blob)
+        again = loads_payload(blob)
     finally:
         owner.close()
-    assert not loaded["args"][0].flags.writeable
     assert np.array_equal(loaded["nested"]["deep"][0], big)
-    assert loaded["small"].flags.writeable  # small arrays are plainly pickled copies
+    assert loaded["small"].flags.writeable
+    # Each load is a private copy-on-write view: writes stay in it.
+    loaded["args"][0][0, 0] = -1.0
+    assert again["args"][0][0, 0] == 0.0
+    assert big[0, 0] == 0.0
 
 
 def test_dtypes_and_layouts_survive_the_trip() -> None:
@@ -115,15 +119,6 @@ def test_no_segment_is_left_after_a_worker_crash(start_method: str, big: object)
     assert P.exceptions is not None
     assert isinstance(P.exceptions[3], WorkerCrashedError)
     assert [r for i, r in enumerate(P.results) if i != 3] == [0, 1, 4, 16, 25]
-
-
-def test_a_shared_array_with_fork_is_inherited_not_copied(big: object) -> None:
-    P = Parallel(jobs.shared_view, range(2), ncpus=2, start_method="fork", data=big,
-                 owner=os.getpid())
-    P.run()
-    assert P.results is not None
-    assert all(live == [] for _, _, _, live in P.results)  # fork needs no segment at all
-    assert P.results[1][2] == float(big[1].sum())  # type: ignore[index]
 
 
 NOT_DUMPABLE = """

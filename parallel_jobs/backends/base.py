@@ -67,6 +67,12 @@ class Backend(abc.ABC):
     #: ``runner.Chunker``): a backend whose round trip costs more wants longer chunks.
     chunk_target: float = 0.02
     chunk_floor: float = 0.002
+    #: Whether tasks run in processes of their own, whose random generators sciris reseeds for
+    #: each task (the Runner then draws the run's entropy; see ``worker.TaskSeeder``).
+    reseeds: bool = False
+    #: Whether :meth:`stop_tasks` reaches into chunks already sent; if not, a run that a
+    #: callback may stop sends one task at a time, so that none starts after the stop.
+    stops_mid_chunk: bool = False
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
@@ -114,6 +120,11 @@ class Backend(abc.ABC):
         Called to end the run (``Runner.interrupt``), so a woken backend may keep returning at
         once. Backends whose ``collect`` never blocks for long need not override this.
         """
+        return None
+
+    def stop_tasks(self) -> None:
+        """Start no further task of the chunks already submitted; running tasks finish, and the
+        others come back in their batch's ``requeue`` (see :attr:`stops_mid_chunk`)."""
         return None
 
     def worker_pids(self) -> Sequence[int]:

@@ -43,6 +43,8 @@ import time
 import uuid
 from typing import Any
 
+import attrs
+
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
@@ -54,7 +56,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import decode_batch, encode_chunk
+from .wire import decode_batch, encode_chunk, pack_per_task
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
 
@@ -141,6 +143,7 @@ class DaskBackend(Backend):
 
     name = "dask"
     stops_tasks = False
+    reseeds = True
     # A chunk costs a few milliseconds of scheduler and client work (dask's own advice is
     # tasks of 100 ms or more), against a tenth of a millisecond in the local pool.
     chunk_target = 0.1
@@ -172,6 +175,13 @@ class DaskBackend(Backend):
         name = getattr(payload.func, "__name__", "task")
         # The dashboard groups tasks by the key's leading words: show the function's name.
         self.prefix = f"parallel_jobs-{name}-{uuid.uuid4().hex}"
+        from .._shm import SharedArrays
+
+        # Each task gets its own copy of what tasks share, pickled once here. Its seed is set
+        # before it starts: a dask worker may run several tasks at once, in threads, which
+        # the lazy seeding hooks (one set per process) cannot tell apart.
+        payload = pack_per_task(payload, SharedArrays(enabled=False))
+        payload = attrs.evolve(payload, eager_seeding=payload.entropy is not None)
         self.payload = payload
         self.payload_future = self._scatter(payload)
 

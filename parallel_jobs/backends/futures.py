@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import pickle
 import time
 from collections.abc import Mapping, MutableMapping
@@ -20,7 +19,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import draw_seed, encode_batch, reseed_numpy, run_chunk
+from ..worker import encode_batch, run_chunk
 from .base import (
     Backend,
     BackendOptions,
@@ -29,25 +28,24 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import pack_payload
+from .wire import encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
 
 _PAYLOAD: Payload | None = None
 
 
-def _initialize(blob: bytes, seed: int | None) -> None:
+def _initialize(blob: bytes) -> None:
     global _PAYLOAD
-    from .._shm import loads_payload
+    from .._shm import keep_segments_open, loads_payload
 
+    keep_segments_open()
     _PAYLOAD = loads_payload(blob)
-    # Forked executor workers share the caller's NumPy RNG state; the pid tells them apart.
-    reseed_numpy(None if seed is None else seed + 7919 * os.getpid())
 
 
-def _run(chunk: Chunk) -> bytes:
+def _run(message: bytes) -> bytes:
     assert _PAYLOAD is not None
-    return encode_batch(run_chunk(_PAYLOAD, chunk))
+    return encode_batch(run_chunk(_PAYLOAD, pickle.loads(message)))
 
 
 class FuturesBackend(Backend):
@@ -55,6 +53,7 @@ class FuturesBackend(Backend):
 
     name = "concurrent.futures"
     stops_tasks = False
+    reseeds = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -72,13 +71,13 @@ class FuturesBackend(Backend):
         from .._shm import SharedArrays
 
         self.shared = SharedArrays()
-        self.blob = pack_payload(payload, self.shared)
+        self.blob = pack_payload(pack_per_task(payload, self.shared), self.shared)
         self._new_executor()
 
     def _new_executor(self) -> None:
         self.executor = cf.ProcessPoolExecutor(
             max_workers=self.options.ncpus, mp_context=self.context,
-            initializer=_initialize, initargs=(self.blob, draw_seed()),
+            initializer=_initialize, initargs=(self.blob,),
         )
         logger.debug("started a concurrent.futures pool of %d processes", self.options.ncpus)
 
@@ -96,7 +95,8 @@ class FuturesBackend(Backend):
 
     def submit(self, chunk: Chunk) -> None:
         assert self.executor is not None
-        self.futures[self.executor.submit(_run, chunk)] = (chunk, time.perf_counter())
+        message = encode_chunk(chunk)
+        self.futures[self.executor.submit(_run, message)] = (chunk, time.perf_counter())
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its
         # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.

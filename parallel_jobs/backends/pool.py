@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, RELEASE, draw_seed, worker_main
+from ..worker import IDLE, RELEASE, STOP, worker_main
 from .base import (
     Backend,
     BackendOptions,
@@ -46,7 +46,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import decode_batch, encode_chunk, pack_payload
+from .wire import decode_batch, encode_chunk, needs_copies, pack_payload, pack_per_task
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
 
@@ -244,6 +244,9 @@ def _stop(worker: _Worker) -> None:
 class ProcessPoolBackend(Backend):
     """A fixed number of worker processes from a ``multiprocess`` (dill) or stdlib context."""
 
+    reseeds = True
+    stops_mid_chunk = True
+
     def __init__(self, options: BackendOptions, library: str = "multiprocess") -> None:
         super().__init__(options)
         self.name = library
@@ -260,7 +263,6 @@ class ProcessPoolBackend(Backend):
         self.payload: Payload | bytes | None = None
         self.shared: Any = None
         self.manager: Any = None
-        self.seed_base: int | None = None
         self.started_workers = 0
         self.retiring: list[_Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
@@ -269,10 +271,15 @@ class ProcessPoolBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         self.waker = self.context.Pipe(duplex=False)
-        self.seed_base = draw_seed()
         if self.forked:
             # Each worker is forked when its first chunk is submitted: the first one is at
-            # work while the next fork takes its millisecond.
+            # work while the next fork takes its millisecond. It inherits the packed payload
+            # (packed only if a task could change it: a plain run never imports dill).
+            if needs_copies(payload):
+                from .._shm import SharedArrays
+
+                self.shared = SharedArrays()
+                payload = pack_per_task(payload, self.shared)
             self.payload = payload
             return
         kept = _KEPT.take(self.key, len(self.workers))
@@ -280,6 +287,7 @@ class ProcessPoolBackend(Backend):
             if kept:
                 reused = kept.pop()
                 reused.number = number
+                reused.slot[STOP] = 0.0
                 self.workers[number] = reused
                 logger.debug("reusing worker %d (pid %d)", number, reused.process.pid)
             else:
@@ -289,7 +297,7 @@ class ProcessPoolBackend(Backend):
         from .._shm import SharedArrays
 
         self.shared = SharedArrays()
-        self.payload = pack_payload(payload, self.shared)
+        self.payload = pack_payload(pack_per_task(payload, self.shared), self.shared)
         for worker in self.workers:
             if worker is not None:
                 _send_payload(worker, self.payload)
@@ -297,11 +305,10 @@ class ProcessPoolBackend(Backend):
     def _spawn(self, number: int) -> _Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
         slot = self._shared_slot()
-        seed = None if self.seed_base is None else self.seed_base + 7919 * self.started_workers
         inherited = self.payload if isinstance(self.payload, Payload) else None
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, inherited, slot, seed),
+            args=(child_conn, inherited, slot),
             name=f"parallel_jobs-worker-{number}",
             daemon=False,  # daemonic processes may not start their own pools (nested runs)
         )
@@ -326,13 +333,19 @@ class ProcessPoolBackend(Backend):
         self.retiring.extend(idle)
 
     def _shared_slot(self) -> Any:
-        """Two doubles that a worker writes and this process reads: the task it runs, and
-        since when (see :func:`~parallel_jobs.worker.run_chunk`)."""
+        """Three doubles shared with a worker: the task it runs and since when, which it
+        writes, and whether to start no further task, which this process writes (see
+        :func:`~parallel_jobs.worker.run_chunk`)."""
         if self.forked:
             # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
             # worker's start a file in /dev/shm and an arena of multiprocessing's heap.
-            return memoryview(mmap.mmap(-1, 16)).cast("d")
-        return self.context.RawArray("d", 2)
+            return memoryview(mmap.mmap(-1, 24)).cast("d")
+        return self.context.RawArray("d", 3)
+
+    def stop_tasks(self) -> None:
+        for worker in self.workers:
+            if worker is not None:
+                worker.slot[STOP] = 1.0
 
     def shutdown(self, abort: bool = False) -> None:
         live = [w for w in self.workers if w is not None]

@@ -9,19 +9,42 @@ arguments of task 7, the result of task 3.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, NoReturn
+
+import attrs
 
 from ..errors import SerializationError
-from ..task import Batch, Chunk, Payload, dumps
+from ..task import (
+    Batch,
+    Chunk,
+    Failure,
+    Own,
+    Payload,
+    Unloadable,
+    atomic_values,
+    dumps,
+    is_immutable,
+    own_values,
+)
 from .base import chunk_failed
 
-__all__ = ["decode_batch", "encode_chunk", "pack_payload"]
+__all__ = [
+    "decode_batch",
+    "encode_chunk",
+    "needs_copies",
+    "pack_payload",
+    "pack_per_task",
+]
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
-    """Pickle ``chunk`` for a worker; when it cannot be, name the task whose arguments fail."""
+    """Pickle ``chunk`` for a worker; when it cannot be, name the task whose arguments fail.
+
+    Each task's values that could be shared with another task's (anything but numbers and
+    strings) are pickled on their own, so that no two tasks are handed one object.
+    """
     try:
-        return dumps(chunk)
+        return dumps(_owned(chunk))
     except Exception:
         pass
     for task in chunk.tasks():
@@ -30,6 +53,18 @@ def encode_chunk(chunk: Chunk) -> bytes:
         except Exception as exc:
             raise SerializationError(f"the arguments of task {task.index}", str(exc)) from exc
     raise SerializationError(f"the chunk of tasks {list(chunk.indices)}", "unknown reason")
+
+
+def _owned(chunk: Chunk) -> Chunk:
+    itervals = None if chunk.itervals is None else own_values(chunk.itervals)
+    iterkwargs = chunk.iterkwargs
+    if iterkwargs is not None and len(iterkwargs) > 1 and not all(
+        atomic_values(tuple(values.values())) for values in iterkwargs
+    ):
+        iterkwargs = [Own(dumps(values)) for values in iterkwargs]  # type: ignore[misc]
+    elif itervals is None:
+        return chunk
+    return Chunk(chunk.indices, itervals or chunk.itervals, iterkwargs, owned=True)
 
 
 def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
@@ -49,7 +84,50 @@ def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
         # The worker could not unpickle the chunk or the payload: none of its tasks ran.
         return chunk_failed(chunk, dict.fromkeys(chunk.indices, batch), pid)
     assert isinstance(batch, Batch)
+    for pos, value in enumerate(batch.values):
+        if type(value) is Unloadable:
+            # This result alone could not be unpickled here: only its task fails.
+            index = batch.indices[pos]
+            error = SerializationError(
+                f"the return value of task {index}", f"could not be unpickled: {value.reason}")
+            batch.values[pos] = None
+            batch.failures[pos] = Failure.capture(error)
     return batch
+
+
+def pack_per_task(payload: Payload, shared: Any) -> Payload:
+    """The payload as process workers get it: what a task could change (the shared arguments,
+    and the function when it carries state) pickled once into ``blob``, from which each task
+    unpickles its own copy; large arrays go to shared memory (``shared``), to be mapped
+    copy-on-write by each task.
+
+    Nothing is pickled when nothing shared could be changed (numbers, strings, plain
+    functions): the tasks then share the objects, which is the same. ``globaldict`` is shared on
+    purpose and stays out of the copies.
+
+    Raises:
+        SerializationError: naming the part that cannot be pickled.
+    """
+    if not needs_copies(payload):
+        return payload
+    kwargs = dict(payload.kwargs)
+    on_purpose = {key: kwargs.pop(key) for key in _SHARED_ON_PURPOSE if key in kwargs}
+    func = None if is_immutable(payload.func) else payload.func
+    try:
+        blob = shared.dumps((func, tuple(payload.args), kwargs))
+    except Exception as exc:
+        _name_the_culprit(payload, shared, exc)
+    return attrs.evolve(payload, args=(), kwargs=on_purpose, blob=blob)
+
+
+_SHARED_ON_PURPOSE = ("globaldict",)
+
+
+def needs_copies(payload: Payload) -> bool:
+    """Whether a task could change what tasks share, so that each needs its own copy."""
+    shared = [value for key, value in payload.kwargs.items() if key not in _SHARED_ON_PURPOSE]
+    return not (is_immutable(payload.func) and is_immutable(tuple(payload.args))
+                and is_immutable(tuple(shared)))
 
 
 def pack_payload(payload: Payload, shared: Any) -> bytes:
@@ -58,7 +136,10 @@ def pack_payload(payload: Payload, shared: Any) -> bytes:
         blob: bytes = shared.dumps(payload)
         return blob
     except Exception as exc:
-        failure = exc
+        _name_the_culprit(payload, shared, exc)
+
+
+def _name_the_culprit(payload: Payload, shared: Any, failure: Exception) -> NoReturn:
     shared.close()
     for what, obj in (("the function", payload.func), ("args", payload.args)):
         try:
@@ -75,4 +156,3 @@ def pack_payload(payload: Payload, shared: Any) -> bytes:
         finally:
             shared.close()
     raise SerializationError("the shared arguments", str(failure)) from failure
-
