@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -34,59 +34,62 @@ __all__ = ["Parallel", "parallelize"]
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
-class Times(dict[str, Any]):
-    """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``).
+class Times(MutableMapping[str, Any]):
+    """``times`` of a run: a mapping whose keys are also attributes (``P.times.elapsed``).
 
     ``jobs`` (each task's seconds) is built from the run's store the first time it is read: a
-    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats.
+    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats. It is
+    a mapping, not a dict subclass, because ``dict(times)`` and ``{**times}`` copy a dict
+    subclass's storage directly and would see the placeholder instead of the values.
+
+    Examples:
+        >>> times = Times(started=None, elapsed=1.5)
+        >>> times.defer("jobs", lambda: [0.5, 1.0])
+        >>> dict(times) == {**times} == {"started": None, "elapsed": 1.5, "jobs": [0.5, 1.0]}
+        True
+        >>> times.elapsed, times["jobs"]
+        (1.5, [0.5, 1.0])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, **values: Any) -> None:
+        self._values: dict[str, Any] = values
         self._pending: dict[str, Callable[[], Any]] = {}
 
     def defer(self, key: str, build: Callable[[], Any]) -> None:
         """Make ``build()`` the value of ``key``, computed on first read."""
-        self[key] = None
+        self._values[key] = None
         self._pending[key] = build
 
-    def _settle(self) -> None:
-        pending, self._pending = self._pending, {}
-        for key, build in pending.items():
-            dict.__setitem__(self, key, build())
-
     def __getitem__(self, key: str) -> Any:
-        if self._pending:
-            self._settle()
-        return dict.__getitem__(self, key)
+        build = self._pending.pop(key, None)
+        if build is not None:
+            self._values[key] = build()
+        return self._values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._pending.pop(key, None)
-        dict.__setitem__(self, key, value)
+        self._values[key] = value
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default  # noqa: SIM401 (dict.get skips _settle)
+    def __delitem__(self, key: str) -> None:
+        self._pending.pop(key, None)
+        del self._values[key]
 
-    def items(self) -> Any:
-        self._settle()
-        return dict.items(self)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
 
-    def values(self) -> Any:
-        self._settle()
-        return dict.values(self)
-
-    def copy(self) -> Times:
-        self._settle()
-        return Times(self)
+    def __len__(self) -> int:
+        return len(self._values)
 
     def __repr__(self) -> str:
-        self._settle()
-        return dict.__repr__(self)
+        return repr(dict(self))
 
-    def __eq__(self, other: object) -> bool:
-        self._settle()
-        return dict.__eq__(self, other)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and deep-copied) with its values settled: a deferred builder may hold the run.
+        return (type(self), (), None, None, iter(dict(self).items()))
 
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of the values."""
+        return dict(self)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -95,6 +98,12 @@ class Times(dict[str, Any]):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
 
 
 def _indexable(values: Any, name: str) -> Sequence[Any]:

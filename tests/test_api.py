@@ -9,6 +9,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -612,3 +613,40 @@ def test_async_parallelizer_runs_through_run_async() -> None:
     P = Parallel(jobs.square, [1, 2], parallelizer="thread-async")
     assert P.run().results == [1, 4]
     assert P.status == "done"
+
+
+# -- times is a real mapping ---------------------------------------------------------------------
+
+
+def test_times_copied_as_a_dict_has_every_value() -> None:
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    jobs_times = P.times["jobs"]
+    assert len(jobs_times) == 3
+    expected = {"started": P.times.started, "finished": P.times.finished,
+                "elapsed": P.times.elapsed, "jobs": jobs_times}
+    assert dict(P.times) == expected
+    assert {**P.times} == expected
+    assert P.times == expected
+    assert expected == P.times
+    assert list(P.times.keys()) == ["started", "finished", "elapsed", "jobs"]
+    assert dict(P.times.items()) == expected
+    assert list(P.times.values()) == list(expected.values())
+    assert P.times.copy() == expected
+    assert P.times.jobs == jobs_times
+    assert pickle.loads(pickle.dumps(P.times)) == expected
+
+
+def test_times_copied_before_jobs_is_read_has_jobs_too() -> None:
+    # The case the lazy dict got wrong: nothing read jobs before the copy.
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    copied = dict(P.times)
+    assert copied["jobs"] is not None
+    assert len(copied["jobs"]) == 3
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    assert len({**P.times}["jobs"]) == 3
+
+
+def test_times_without_records_has_no_jobs() -> None:
+    P = Parallel(jobs.square, [1, 2], ncpus=2, keep_records=False).run()
+    assert dict(P.times)["jobs"] is None
+    assert P.times.elapsed > 0
