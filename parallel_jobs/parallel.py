@@ -249,9 +249,9 @@ def _check_option_typos(func: Callable[..., Any], func_kwargs: Mapping[str, Any]
 class Parallel:
     """Run a function over many inputs in parallel, and keep everything about the run.
 
-    Arguments are those of :func:`parallelize`, plus ``label``, a name shown in the progress bar
-    and reports, and ``keep_records``. Configuration is validated here; nothing runs until
-    :meth:`run` or :meth:`run_async`.
+    Arguments are those of :func:`parallelize`, in sciris' order: here ``label`` is positional,
+    after ``globaldict``, and ``keep_records`` defaults to True. Configuration is validated
+    here; nothing runs until :meth:`run` or :meth:`run_async`.
 
     ``keep_records=True`` (the default) keeps each task's timings, CPU time, peak memory, process
     and attempts (:attr:`task_results`, :meth:`summary`, :meth:`report`, :meth:`to_records`,
@@ -269,7 +269,15 @@ class Parallel:
         success: whether each task succeeded.
         skipped: whether each task never ran (a callback stopped the run, or ``die`` did).
         exceptions: what each task raised, or None.
+        stdout: what each task printed, with ``capture=True`` ('' each without it).
         globaldict: a plain-dict copy of the shared ``globaldict`` as the run left it.
+        inputdict: the ``globaldict`` given (sciris' name).
+        iterarg, iterkwargs, args: as given.
+        kwargs: the keyword arguments every task gets (``kwargs`` and ``**func_kwargs``).
+        lbkwargs: the load-balancer options, merged from ``lbkwargs`` and ``maxcpu``,
+            ``maxmem``, ``interval`` as sciris merges them.
+        serial, capture, is_async: as given or implied by ``parallelizer``.
+        embarrassing: whether ``iterarg`` was a count (the function takes no iterated value).
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.

@@ -785,3 +785,11 @@ def test_a_huge_timeout_runs(parallelizer: str, timeout: float) -> None:
     # Tasks long enough that the run waits on busy workers with their deadline in view.
     assert parallelize(jobs.sleep_for, [0.2] * 4, ncpus=2, chunksize=1,
                        parallelizer=parallelizer, timeout=timeout) == [0.2] * 4
+
+
+def test_disp_shows_a_markup_label_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    label = "[b]fit[/][1/3]:smile:"  # no space: the title may wrap at one
+    Parallel(jobs.square, [1, 2], label=label, serial=True).run().disp()
+    out = capsys.readouterr().out
+    assert out.count(label) == 2  # the title, and the label row
+    assert "😄" not in out
