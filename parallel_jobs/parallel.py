@@ -200,7 +200,7 @@ _LOAD_OPTIONS = ("maxcpu", "maxmem", "interval")
 
 
 def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> dict[str, Any]:
-    """sciris' merge: ``lbkwargs`` over the explicit arguments, except those not None."""
+    """sciris' merge: a key of ``lbkwargs`` wins over an explicit argument that is None."""
     if lbkwargs is None:
         lbkwargs = {}
     if not isinstance(lbkwargs, Mapping):
