@@ -9,6 +9,8 @@ column-wise store into the lists sciris users know: ``results``, ``success``, ``
 from __future__ import annotations
 
 import datetime
+import difflib
+import inspect
 import math
 import os
 import signal
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -34,59 +36,62 @@ __all__ = ["Parallel", "parallelize"]
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
-class Times(dict[str, Any]):
-    """``times`` of a run: a dict whose keys are also attributes (``P.times.elapsed``).
+class Times(MutableMapping[str, Any]):
+    """``times`` of a run: a mapping whose keys are also attributes (``P.times.elapsed``).
 
     ``jobs`` (each task's seconds) is built from the run's store the first time it is read: a
-    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats.
+    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats. It is
+    a mapping, not a dict subclass, because ``dict(times)`` and ``{**times}`` copy a dict
+    subclass's storage directly and would see the placeholder instead of the values.
+
+    Examples:
+        >>> times = Times(started=None, elapsed=1.5)
+        >>> times.defer("jobs", lambda: [0.5, 1.0])
+        >>> dict(times) == {**times} == {"started": None, "elapsed": 1.5, "jobs": [0.5, 1.0]}
+        True
+        >>> times.elapsed, times["jobs"]
+        (1.5, [0.5, 1.0])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, **values: Any) -> None:
+        self._values: dict[str, Any] = values
         self._pending: dict[str, Callable[[], Any]] = {}
 
     def defer(self, key: str, build: Callable[[], Any]) -> None:
         """Make ``build()`` the value of ``key``, computed on first read."""
-        self[key] = None
+        self._values[key] = None
         self._pending[key] = build
 
-    def _settle(self) -> None:
-        pending, self._pending = self._pending, {}
-        for key, build in pending.items():
-            dict.__setitem__(self, key, build())
-
     def __getitem__(self, key: str) -> Any:
-        if self._pending:
-            self._settle()
-        return dict.__getitem__(self, key)
+        build = self._pending.pop(key, None)
+        if build is not None:
+            self._values[key] = build()
+        return self._values[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._pending.pop(key, None)
-        dict.__setitem__(self, key, value)
+        self._values[key] = value
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default  # noqa: SIM401 (dict.get skips _settle)
+    def __delitem__(self, key: str) -> None:
+        self._pending.pop(key, None)
+        del self._values[key]
 
-    def items(self) -> Any:
-        self._settle()
-        return dict.items(self)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
 
-    def values(self) -> Any:
-        self._settle()
-        return dict.values(self)
-
-    def copy(self) -> Times:
-        self._settle()
-        return Times(self)
+    def __len__(self) -> int:
+        return len(self._values)
 
     def __repr__(self) -> str:
-        self._settle()
-        return dict.__repr__(self)
+        return repr(dict(self))
 
-    def __eq__(self, other: object) -> bool:
-        self._settle()
-        return dict.__eq__(self, other)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (and deep-copied) with its values settled: a deferred builder may hold the run.
+        return (type(self), (), None, None, iter(dict(self).items()))
 
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of the values."""
+        return dict(self)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -95,6 +100,12 @@ class Times(dict[str, Any]):
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self[name] = value
 
 
 def _indexable(values: Any, name: str) -> Sequence[Any]:
@@ -112,14 +123,24 @@ def _indexable(values: Any, name: str) -> Sequence[Any]:
     return list(values)
 
 
+def _number(value: Any, name: str, *, integer: bool = False) -> Any:
+    """``value`` if it is a number (an integer with ``integer``) and not NaN."""
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a number"
+        msg = f"{name} must be {what}, not {type(value).__name__}"
+        raise TypeError(msg)
+    if value != value:  # NaN compares unequal to itself, and false to every bound
+        msg = f"{name} must be a number, not NaN"
+        raise ValueError(msg)
+    return value
+
+
 def _fraction(value: Any, name: str) -> float | None:
     """A load limit as a fraction: 0.8 and 80 both mean 80%."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, Real):
-        msg = f"{name} must be a number, not {type(value).__name__}"
-        raise TypeError(msg)
-    number = float(value)
+    number = float(_number(value, name))
     fraction = number / 100 if number > 1 else number
     if not 0 < fraction <= 1:
         msg = f"{name} must be a fraction in (0, 1] or a percentage in (1, 100], not {value!r}"
@@ -128,23 +149,109 @@ def _fraction(value: Any, name: str) -> float | None:
 
 
 def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
-    kind = Integral if integer else Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an integer" if integer else "a number"
-        msg = f"{name} must be {what}, not {type(value).__name__}"
-        raise TypeError(msg)
-    if not float(value) > 0:
+    if not _number(value, name, integer=integer) > 0:
         msg = f"{name} must be positive, not {value!r}"
         raise ValueError(msg)
     return value
 
 
+def _finite(value: Any, name: str) -> float:
+    """A positive number of seconds that a wait can be given."""
+    seconds = float(_positive(value, name))
+    if math.isinf(seconds):
+        msg = f"{name} must be a finite number of seconds, not {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+#: The longest timeout kept, in seconds: epoll waits at most 2**31 - 1 ms (24.8 days), and a
+#: task deadline is waited for in one call.
+LONGEST_TIMEOUT = (2**31 - 1) / 1000
+
+
+def _timeout(value: Any) -> float | None:
+    """``timeout`` in seconds; None when there is none, also for 24.8 days or more and ``inf``."""
+    if value is None:
+        return None
+    seconds = float(_positive(value, "timeout"))
+    return None if seconds >= LONGEST_TIMEOUT else seconds
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no argument: a bool, a NumPy bool, 0 or 1, or None (false, as sciris takes it).
+
+    Anything else is refused: ``die='False'`` would otherwise be true.
+    """
+    if value is None:
+        return False
+    np = sys.modules.get("numpy")
+    if isinstance(value, bool) or (np is not None and isinstance(value, np.bool_)):
+        return bool(value)
+    if isinstance(value, Integral) and value in (0, 1):
+        return bool(value)
+    msg = f"{name} must be True or False, not {value!r}"
+    raise TypeError(msg)
+
+
+#: sciris' load-balancer options that are accepted and ignored (see docs/arguments.md): the
+#: gate here samples the load in one monitor thread, and a task waits for it without a limit.
+IGNORED_LBKWARGS = frozenset({"cpu_interval", "maxtime", "label", "verbose"})
+_LOAD_OPTIONS = ("maxcpu", "maxmem", "interval")
+
+
+def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> dict[str, Any]:
+    """sciris' merge: a key of ``lbkwargs`` wins over an explicit argument that is None."""
+    if lbkwargs is None:
+        lbkwargs = {}
+    if not isinstance(lbkwargs, Mapping):
+        msg = f"lbkwargs must be a dict, not {type(lbkwargs).__name__}"
+        raise TypeError(msg)
+    known = (*_LOAD_OPTIONS, *sorted(IGNORED_LBKWARGS))
+    for key in lbkwargs:
+        if key not in known:
+            # sciris renamed maxload to maxcpu in 2.0 and still takes the old name.
+            close = ["maxcpu"] if key == "maxload" else difflib.get_close_matches(
+                str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+            msg = f"lbkwargs has no option {key!r}{hint}"
+            raise TypeError(msg)
+    given = {key: value for key, value in explicit.items() if value is not None}
+    return {**explicit, **lbkwargs, **given}
+
+
+def _check_option_typos(func: Callable[..., Any], func_kwargs: Mapping[str, Any]) -> None:
+    """Refuse a keyword that looks like a misspelt option (``ncpu=``) and that ``func`` could
+    not take anyway: the run would only fail later, in every task, with a vaguer message."""
+    suspects = {}
+    for key in func_kwargs:
+        close = difflib.get_close_matches(key, OPTION_NAMES, n=1)
+        if close:
+            suspects[key] = close[0]
+    if not suspects:
+        return
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin or extension function that says nothing: let it decide
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, option in suspects.items():
+        if key not in accepted:
+            name = getattr(func, "__qualname__", None) or repr(func)
+            msg = (
+                f"unexpected keyword argument {key!r}: it is not an option, and {name}() takes "
+                f"no such argument; did you mean {option!r}?"
+            )
+            raise TypeError(msg)
+
+
 class Parallel:
     """Run a function over many inputs in parallel, and keep everything about the run.
 
-    Arguments are those of :func:`parallelize`, plus ``label``, a name shown in the progress bar
-    and reports, and ``keep_records``. Configuration is validated here; nothing runs until
-    :meth:`run` or :meth:`run_async`.
+    Arguments are those of :func:`parallelize`, in sciris' order: here ``label`` is positional,
+    after ``globaldict``, and ``keep_records`` defaults to True. Configuration is validated
+    here; nothing runs until :meth:`run` or :meth:`run_async`.
 
     ``keep_records=True`` (the default) keeps each task's timings, CPU time, peak memory, process
     and attempts (:attr:`task_results`, :meth:`summary`, :meth:`report`, :meth:`to_records`,
@@ -162,7 +269,15 @@ class Parallel:
         success: whether each task succeeded.
         skipped: whether each task never ran (a callback stopped the run, or ``die`` did).
         exceptions: what each task raised, or None.
+        stdout: what each task printed, with ``capture=True`` ('' each without it).
         globaldict: a plain-dict copy of the shared ``globaldict`` as the run left it.
+        inputdict: the ``globaldict`` given (sciris' name).
+        iterarg, iterkwargs, args: as given.
+        kwargs: the keyword arguments every task gets (``kwargs`` and ``**func_kwargs``).
+        lbkwargs: the load-balancer options, merged from ``lbkwargs`` and ``maxcpu``,
+            ``maxmem``, ``interval`` as sciris merges them.
+        serial, capture, is_async: as given or implied by ``parallelizer``.
+        embarrassing: whether ``iterarg`` was a count (the function takes no iterated value).
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
@@ -195,32 +310,54 @@ class Parallel:
         progress: bool = False,
         callback: Callable[[dict[str, Any]], Any] | None = None,
         globaldict: Mapping[str, Any] | None = None,
-        die: bool = True,
         label: str | None = None,
+        capture: bool = False,
+        die: bool = True,
+        lbkwargs: Mapping[str, Any] | None = None,
+        start_method: str | None = None,
         *,
         timeout: float | None = None,
         retries: int = 0,
         chunksize: int | None = None,
-        start_method: str | None = None,
         keep_records: bool = True,
         **func_kwargs: Any,
     ) -> None:
         if not callable(func):
             msg = f"func must be callable, not {type(func).__name__}"
             raise TypeError(msg)
+        if func_kwargs:
+            _check_option_typos(func, func_kwargs)
         self.func = func
+        self.iterarg = iterarg
+        self.iterkwargs = iterkwargs
+        self.args = args
+        self.inputdict = globaldict
         self.label = label
-        self.progress = bool(progress)
-        self.die = bool(die)
-        self.choice: Choice = resolve(parallelizer, serial)
+        self.serial = _flag(serial, "serial")
+        self.progress = _flag(progress, "progress")
+        self.capture = _flag(capture, "capture")
+        self.die = _flag(die, "die")
+        self.choice: Choice = resolve(parallelizer, self.serial)
         self.parallelizer = parallelizer
         self.method = self.choice.method
+        self.is_async = self.choice.is_async
+        if self.capture and self.method == "thread":
+            msg = (
+                "capture=True cannot be used with the 'thread' parallelizer: threads share one "
+                "stdout, so a task's output cannot be told from another's; use a process or the "
+                "serial parallelizer"
+            )
+            raise ValueError(msg)
         self._plan = self._make_plan(iterarg, iterkwargs, args, kwargs, globaldict, func_kwargs)
         self.njobs = self._plan.njobs
+        self.embarrassing = isinstance(iterarg, Integral) and not isinstance(iterarg, bool)
         self.ncpus = self._resolve_ncpus(ncpus)
-        self.maxcpu = _fraction(maxcpu, "maxcpu")
-        self.maxmem = _fraction(maxmem, "maxmem")
-        self.interval = None if interval is None else float(_positive(interval, "interval"))
+        self.lbkwargs = _merge_lbkwargs(
+            {"maxcpu": maxcpu, "maxmem": maxmem, "interval": interval}, lbkwargs)
+        self.maxcpu = _fraction(self.lbkwargs["maxcpu"], "maxcpu")
+        self.maxmem = _fraction(self.lbkwargs["maxmem"], "maxmem")
+        interval = self.lbkwargs["interval"]
+        self.interval = None if interval is None else _finite(interval, "interval")
         if callback is not None and not callable(callback):
             msg = f"callback must be callable, not {type(callback).__name__}"
             raise TypeError(msg)
@@ -231,7 +368,7 @@ class Parallel:
                 "machines; pass the data in kwargs, or use a local parallelizer"
             )
             raise ValueError(msg)
-        self.timeout = None if timeout is None else float(_positive(timeout, "timeout"))
+        self.timeout = _timeout(timeout)
         if isinstance(retries, bool) or not isinstance(retries, Integral) or retries < 0:
             msg = f"retries must be a whole number >= 0, not {retries!r}"
             raise ValueError(msg)
@@ -239,7 +376,7 @@ class Parallel:
         self.chunksize: int | None = None if chunksize is None else int(
             _positive(chunksize, "chunksize", integer=True))
         self.start_method: str | None = self._check_start_method(start_method)
-        self.keep_records: bool = bool(keep_records)
+        self.keep_records: bool = _flag(keep_records, "keep_records")
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -303,12 +440,12 @@ class Parallel:
         if ncpus is None:
             count = available
         else:
-            if isinstance(ncpus, bool) or not isinstance(ncpus, Real):
-                msg = f"ncpus must be a number, not {type(ncpus).__name__}"
-                raise TypeError(msg)
-            share = float(ncpus)
-            if share <= 0:
-                msg = f"ncpus must be positive (a count, or a fraction below 1), not {ncpus!r}"
+            share = float(_number(ncpus, "ncpus"))
+            if not 0 < share < math.inf:
+                msg = (
+                    f"ncpus must be positive and finite (a count, or a fraction below 1), "
+                    f"not {ncpus!r}"
+                )
                 raise ValueError(msg)
             count = math.ceil(available * share) if share < 1 else int(share)
         return max(1, min(count, self.njobs))
@@ -346,7 +483,7 @@ class Parallel:
         self.times = Times(started=None, finished=None, elapsed=None, jobs=None)
         self._t0 = 0.0
 
-    def _list(self, name: str, build: Callable[[ResultStore], list[Any]]) -> Any:
+    def _list(self, name: str, build: Callable[[ResultStore], list[Any] | None]) -> Any:
         # The per-task lists are built from the store when first read, not at the end of every
         # run: parallelize() reads only the results.
         if name not in self._lists:
@@ -394,6 +531,27 @@ class Parallel:
     @exceptions.setter
     def exceptions(self, value: list[BaseException | None] | None) -> None:
         self._lists["exceptions"] = value
+
+    @property
+    def stdout(self) -> list[str] | None:
+        """What each task printed to stdout, with ``capture=True``; ``''`` for every task
+        without it (as in sciris); None before a run."""
+        def build(store: ResultStore) -> list[str] | None:
+            captured = getattr(store, "stdout", None)
+            if captured is not None:
+                return list(captured)
+            return None if self.capture else [""] * store.njobs
+
+        return self._list("stdout", build)
+
+    @stdout.setter
+    def stdout(self, value: list[str] | None) -> None:
+        self._lists["stdout"] = value
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments every task gets: ``kwargs`` merged with ``**func_kwargs``."""
+        return self._plan.payload.kwargs
 
     @property
     def running(self) -> bool:
@@ -444,11 +602,13 @@ class Parallel:
         """Print the configuration and, after a run, the outcome."""
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=repr(self), show_header=False)
+        # Text, not str: rich would read brackets in a label as markup, and :name: as emoji.
+        table = Table(title=Text(repr(self)), show_header=False)
         for key in ("njobs", "ncpus", "method", "label", "die", "timeout", "retries",
                     "maxcpu", "maxmem", "interval", "status"):
-            table.add_row(key, repr(getattr(self, key)))
+            table.add_row(key, Text(repr(getattr(self, key))))
         if self.success is not None:
             table.add_row("succeeded", f"{sum(self.success)} of {self.njobs}")
             table.add_row("elapsed", f"{self.times['elapsed']:.3f} s")
@@ -508,7 +668,7 @@ class Parallel:
     def _make_runner(self) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy,
+            copy=self.choice.copy, capture=self.capture,
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
@@ -613,6 +773,24 @@ class Parallel:
         """
         if self._runner is not None and self.running:
             self._runner.stop()
+
+    def close(self) -> None:
+        """Stop a background run now and gather it; nothing to do otherwise. Safe to repeat.
+
+        sciris' ``close()`` shuts its pool down. Here every run releases its own workers as it
+        ends, so only a background run (:meth:`run_async`) not yet finalized holds any: its
+        running tasks are stopped, they and the tasks that never started are marked in
+        ``skipped``, and what finished is gathered as :meth:`finalize` gathers it (a task's
+        error with ``die=True`` is raised). Idle workers kept between spawn/forkserver runs
+        serve every run, not this one: :func:`~parallel_jobs.release_workers` stops them.
+        """
+        if self._thread is None:
+            return
+        if not self._finished.is_set():
+            self._stop_background()
+            if isinstance(self._error, KeyboardInterrupt):
+                self._error = None  # the interrupt this very call asked for
+        self.finalize()
 
     def finalize(self) -> Parallel:
         """Wait for a background run, gather its results, and re-raise its error if any."""
@@ -763,13 +941,16 @@ def parallelize(
     progress: bool = False,
     callback: Callable[[dict[str, Any]], Any] | None = None,
     globaldict: Mapping[str, Any] | None = None,
+    capture: bool = False,
     die: bool = True,
+    lbkwargs: Mapping[str, Any] | None = None,
+    start_method: str | None = None,
     *,
+    label: str | None = None,
     timeout: float | None = None,
     retries: int = 0,
     chunksize: int | None = None,
-    start_method: str | None = None,
-    label: str | None = None,
+    keep_records: bool = False,
     **func_kwargs: Any,
 ) -> list[Any]:
     """Call ``func`` once per input, in parallel, and return the results in input order.
@@ -796,14 +977,23 @@ def parallelize(
             kwargs, globaldict, outdict (result, success, exception, elapsed); setting
             ``data['stop'] = True`` starts no further tasks.
         globaldict: a dict shared by every task, passed as the keyword ``globaldict``.
+        capture: keep what each task prints to stdout (``Parallel.stdout``) instead of
+            printing it; not with the 'thread' parallelizer, whose tasks share one stdout.
         die: stop at the first failure and raise it (as its own type); with False, run every
             task and leave None in the results of failed ones.
-        timeout: seconds each task may run; an overrunning task fails with TaskTimeoutError.
-        retries: run a failed task up to this many more times.
-        chunksize: tasks per message to a worker (default: sized from measured durations).
+        lbkwargs: sciris' load-balancer options as a dict: ``maxcpu``, ``maxmem`` and
+            ``interval`` (the arguments of those names win unless None); ``cpu_interval``,
+            ``maxtime``, ``label`` and ``verbose`` are accepted and ignored.
         start_method: 'fork', 'spawn' or 'forkserver' for the process backends.
         label: a name for the progress bar and reports.
-        **func_kwargs: merged into ``kwargs``.
+        timeout: seconds each task may run; an overrunning task fails with TaskTimeoutError.
+            None, ``inf`` or 24.8 days or more: no limit.
+        retries: run a failed task up to this many more times.
+        chunksize: tasks per message to a worker (default: sized from measured durations).
+        keep_records: keep each task's timings and the machine's load, which only a
+            ``Parallel`` shows; off here, where only the results are returned.
+        **func_kwargs: merged into ``kwargs``. A keyword close to an option's name
+            (``ncpu=``) that ``func`` cannot take is a TypeError, before anything runs.
 
     Returns:
         The list of return values, one per task, in input order.
@@ -816,16 +1006,18 @@ def parallelize(
         >>> parallelize(f, iterkwargs={"x": [1, 2, 3], "y": [2, 3, 4]}, parallelizer="thread")
         [2, 6, 12]
     """
-    if "keep_records" in func_kwargs and (kwargs is None or isinstance(kwargs, Mapping)):
-        # Not an option of parallelize(), which keeps no records: the function's argument.
-        kwargs = {**(kwargs or {}), "keep_records": func_kwargs.pop("keep_records")}
     parallel = Parallel(
-        func, iterarg=iterarg, iterkwargs=iterkwargs, args=args, kwargs=kwargs, ncpus=ncpus,
-        maxcpu=maxcpu, maxmem=maxmem, interval=interval, parallelizer=parallelizer,
-        serial=serial, progress=progress, callback=callback, globaldict=globaldict, die=die,
-        label=label, timeout=timeout, retries=retries, chunksize=chunksize,
-        start_method=start_method, keep_records=False, **func_kwargs,
+        func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
+        serial, progress, callback, globaldict, label, capture, die, lbkwargs, start_method,
+        timeout=timeout, retries=retries, chunksize=chunksize, keep_records=keep_records,
+        **func_kwargs,
     )
     parallel.run()
     assert parallel.results is not None
     return parallel.results
+
+
+#: The options of :class:`Parallel` and :func:`parallelize`, for "did you mean" hints.
+OPTION_NAMES = tuple(
+    name for name in inspect.signature(Parallel).parameters if name not in ("func", "func_kwargs")
+)

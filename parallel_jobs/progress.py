@@ -7,6 +7,8 @@ prints a plain line every ``plain_interval`` seconds and one when the run ends. 
 the clock are injected, so tests are exact.
 
 This module only draws: it never waits, never starts a thread, and never decides what runs.
+Nothing the caller passes (the label) is read as rich markup or emoji codes: it is shown as
+written.
 """
 
 from __future__ import annotations
@@ -138,20 +140,18 @@ class ProgressReporter(NullReporter):
         return max(0.0, self.last_draw + interval - self.clock())
 
     def _live_display(self) -> Any:
-        from rich.markup import escape
         from rich.progress import BarColumn, Progress, TextColumn
 
         progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(bar_width=BAR_WIDTH),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             console=self.console,
             auto_refresh=False,
             transient=False,
             get_time=self.clock,
         )
-        self._task = progress.add_task(escape(self.label), total=self.total,
-                                       status=self.summary())
+        self._task = progress.add_task(self.label, total=self.total, status=self.summary())
         return progress
 
     def _draw(self) -> None:
@@ -167,7 +167,10 @@ class ProgressReporter(NullReporter):
                 self._progress.update(self._task, completed=self.done, status=self.summary())
                 self._progress.refresh()
         else:
-            self.console.print(f"{self.label}: {self.summary()}", highlight=False, soft_wrap=True)
+            from rich.text import Text
+
+            self.console.print(Text(f"{self.label}: {self.summary()}"), highlight=False,
+                               soft_wrap=True)
 
     def final_frame(self) -> Any:
         """The last frame of a run too short for a live display: label, bar and status, drawn

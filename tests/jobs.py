@@ -391,3 +391,23 @@ def fail_after_worker_zero_exits(x: int, folder: str) -> int:
         pass
     msg = f"task {x} fails on its first run"
     raise RuntimeError(msg)
+
+
+# -- API surface (tests/test_api.py, tests/test_validation.py) ----------------------------------
+
+
+def times_ncpu(x: int, ncpu: int) -> int:
+    """Takes an argument named like the option ``ncpus``: it must reach the function."""
+    return x * ncpu
+
+
+def with_any_keywords(x: int, **kwargs: Any) -> tuple[int, list[tuple[str, Any]]]:
+    """Takes any keyword: one named like an option must reach the function."""
+    return x, sorted(kwargs.items())
+
+
+def sleep_span(seconds: float) -> tuple[float, float]:
+    """Sleep, then return when the task started and ended (``time.time()``), to see overlaps."""
+    started = time.time()
+    time.sleep(seconds)
+    return started, time.time()

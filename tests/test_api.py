@@ -9,6 +9,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -616,3 +617,183 @@ def test_async_parallelizer_runs_through_run_async() -> None:
     P = Parallel(jobs.square, [1, 2], parallelizer="thread-async")
     assert P.run().results == [1, 4]
     assert P.status == "done"
+
+
+# -- sciris' attributes and close() (issue 10) ---------------------------------------------------
+
+
+def test_sciris_attributes_are_kept() -> None:
+    globaldict = {"n": 0}
+    P = Parallel(jobs.add_all, [1, 2], None, [10], {"y": 1}, globaldict=globaldict,
+                 parallelizer="thread-async", z=2)
+    assert P.iterarg == [1, 2]
+    assert P.iterkwargs is None
+    assert P.args == [10]
+    assert P.kwargs == {"y": 1, "z": 2}
+    assert P.inputdict is globaldict
+    assert (P.serial, P.capture, P.is_async, P.embarrassing) == (False, False, True, False)
+    assert P.lbkwargs == {"maxcpu": None, "maxmem": None, "interval": None}
+    assert Parallel(jobs.no_args, 3, serial=True).embarrassing
+
+
+def test_sciris_attributes_have_sciris_values() -> None:
+    sc = pytest.importorskip("sciris")
+    arguments: dict[str, Any] = {
+        "func": jobs.add_all, "iterarg": [1, 2], "iterkwargs": [{"a": 1}, {"a": 2}],
+        "args": [10], "kwargs": {"y": 1}, "serial": True, "lbkwargs": {"maxcpu": 0.9},
+        "capture": True, "z": 2,
+    }
+    theirs, ours = sc.Parallel(**arguments), Parallel(**arguments)
+    for name in ("iterarg", "iterkwargs", "args", "kwargs", "inputdict", "serial", "capture",
+                 "is_async", "njobs", "ncpus", "label", "die", "progress", "start_method",
+                 "parallelizer", "callback"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.lbkwargs == dict(theirs.lbkwargs)
+    assert bool(ours.embarrassing) == bool(theirs.embarrassing)
+    integer = {"func": jobs.no_args, "iterarg": 3, "serial": True}
+    assert Parallel(**integer).embarrassing == sc.Parallel(**integer).embarrassing
+
+
+@pytest.mark.timeout(30)
+def test_close_stops_a_background_run_and_gathers_it(tmp_path: Path) -> None:
+    P = Parallel(jobs.report_then_wait, range(6), folder=str(tmp_path), ncpus=2, chunksize=1)
+    P.run_async()
+    pids = []
+    for x in (2, 3):
+        jobs.wait_for_path(None, str(tmp_path / f"running-{x}"))
+        pids.append(int((tmp_path / f"running-{x}").read_text()))
+    P.close()
+    assert (P.status, P.running) == ("done", False)
+    assert P.results is not None
+    assert P.results[:2] == [0, 1]
+    assert P.results[2:] == [None] * 4
+    # Stopped while running or never started: both are tasks that did not finish.
+    assert P.skipped == [False] * 2 + [True] * 4
+    assert P.success == [True] * 2 + [False] * 4
+    # The two tasks sleeping for 30 s were stopped, not waited for.
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                   for pid in pids)
+    P.close()  # again: nothing left to do
+    assert P.finalize() is P
+
+
+def test_close_without_a_background_run_does_nothing() -> None:
+    P = Parallel(jobs.square, [1, 2], ncpus=2)
+    P.close()
+    assert P.status == "not run"
+    P.run().close()
+    assert (P.status, P.results) == ("done", [1, 4])
+
+
+@pytest.mark.timeout(30)
+def test_close_after_a_background_run_ended_gathers_it() -> None:
+    P = Parallel(jobs.square, [1, 2], ncpus=2).run_async()
+    assert P._thread is not None
+    P._thread.join()
+    P.close()
+    assert (P.status, P.results) == ("done", [1, 4])
+
+
+@pytest.mark.timeout(30)
+def test_close_raises_the_error_of_a_background_run_that_ended_with_one() -> None:
+    P = Parallel(jobs.fail_first_else_sleep, range(3), ncpus=2).run_async()
+    assert P._thread is not None
+    P._thread.join()
+    with pytest.raises(KeyError, match="task 0 fails at once"):
+        P.close()
+
+
+# -- stdout ---------------------------------------------------------------------------------------
+
+
+def test_stdout_is_none_before_a_run_and_empty_strings_without_capture() -> None:
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2)
+    assert P.stdout is None
+    P.run()
+    assert P.stdout == ["", "", ""]
+    P.reset()
+    assert P.stdout is None
+
+
+# -- lbkwargs gates as maxcpu/maxmem/interval do -------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_lbkwargs_maxmem_holds_tasks_back() -> None:
+    P = Parallel(jobs.sleep_for, [0.05] * 4, ncpus=2,
+                 lbkwargs={"maxmem": 0.0001, "interval": 0.01}).run()
+    assert P.results == [0.05] * 4
+    assert not _overlaps(P.task_results)
+
+
+@pytest.mark.timeout(20)
+def test_lbkwargs_of_parallelize_hold_tasks_back() -> None:
+    spans = parallelize(jobs.sleep_span, [0.05] * 4, ncpus=2,
+                        lbkwargs={"maxmem": 0.0001, "interval": 0.01})
+    spans.sort()
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+@pytest.mark.timeout(20)
+def test_lbkwargs_interval_spaces_task_starts() -> None:
+    P = Parallel(jobs.sleep_for, [0.6] * 2, ncpus=2, lbkwargs={"maxcpu": 1.0, "interval": 0.4})
+    P.run()
+    first, second = sorted(r.started for r in P.task_results)
+    assert second - first >= 0.25
+
+
+# -- times is a real mapping ---------------------------------------------------------------------
+
+
+def test_times_copied_as_a_dict_has_every_value() -> None:
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    jobs_times = P.times["jobs"]
+    assert len(jobs_times) == 3
+    expected = {"started": P.times.started, "finished": P.times.finished,
+                "elapsed": P.times.elapsed, "jobs": jobs_times}
+    assert dict(P.times) == expected
+    assert {**P.times} == expected
+    assert P.times == expected
+    assert expected == P.times
+    assert list(P.times.keys()) == ["started", "finished", "elapsed", "jobs"]
+    assert dict(P.times.items()) == expected
+    assert list(P.times.values()) == list(expected.values())
+    assert P.times.copy() == expected
+    assert P.times.jobs == jobs_times
+    assert pickle.loads(pickle.dumps(P.times)) == expected
+
+
+def test_times_copied_before_jobs_is_read_has_jobs_too() -> None:
+    # The case the lazy dict got wrong: nothing read jobs before the copy.
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    copied = dict(P.times)
+    assert copied["jobs"] is not None
+    assert len(copied["jobs"]) == 3
+    P = Parallel(jobs.square, [1, 2, 3], ncpus=2).run()
+    assert len({**P.times}["jobs"]) == 3
+
+
+def test_times_without_records_has_no_jobs() -> None:
+    P = Parallel(jobs.square, [1, 2], ncpus=2, keep_records=False).run()
+    assert dict(P.times)["jobs"] is None
+    assert P.times.elapsed > 0
+
+
+# -- huge timeouts run (issue 11 item 13) --------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "fast", "thread", "serial"])
+@pytest.mark.parametrize("timeout", [math.inf, 1e12, 30 * 86400.0, 24 * 86400.0])
+def test_a_huge_timeout_runs(parallelizer: str, timeout: float) -> None:
+    # Tasks long enough that the run waits on busy workers with their deadline in view.
+    assert parallelize(jobs.sleep_for, [0.2] * 4, ncpus=2, chunksize=1,
+                       parallelizer=parallelizer, timeout=timeout) == [0.2] * 4
+
+
+def test_disp_shows_a_markup_label_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    label = "[b]fit[/][1/3]:smile:"  # no space: the title may wrap at one
+    Parallel(jobs.square, [1, 2], label=label, serial=True).run().disp()
+    out = capsys.readouterr().out
+    assert out.count(label) == 2  # the title, and the label row
+    assert "😄" not in out

@@ -69,10 +69,11 @@ def test_the_callback_still_gets_each_tasks_time() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_parallelize_passes_a_keep_records_argument_on_to_the_function() -> None:
-    assert parallelize(jobs.add_all, [1, 2], ncpus=2, keep_records=10) == [11, 12]
-    assert parallelize(jobs.add_all, [1, 2], kwargs={"y": 1}, keep_records=10,
-                       ncpus=2) == [12, 13]
+def test_keep_records_is_an_option_of_parallelize_too() -> None:
+    # As in sciris, parallelize() takes the options of Parallel; a function's own keep_records
+    # argument goes in kwargs.
+    assert parallelize(jobs.add_all, [1, 2], ncpus=2, keep_records=True) == [1, 2]
+    assert parallelize(jobs.add_all, [1, 2], kwargs={"keep_records": 10}, ncpus=2) == [11, 12]
 
 
 SCRIPT = """

@@ -210,3 +210,40 @@ def test_a_run_shorter_than_a_redraw_prints_one_final_frame_without_a_live_displ
     assert "5/5" in text
     assert "1 failed" in text
     assert "\x1b[?25l" not in text  # a live display would have hidden the cursor
+
+
+# -- a label is text, never markup (issue 11 item 14) -------------------------------------------
+
+MARKUP_LABELS = ["fit [1/3]", "[bold]fit[/bold] [/]", "a [/] b [1/3] :smile: \\[x]"]
+
+
+@pytest.mark.parametrize("label", MARKUP_LABELS)
+@pytest.mark.parametrize("console", [terminal, plain], ids=["terminal", "plain"])
+@pytest.mark.parametrize("redraws", [0, 3], ids=["final-frame-only", "live-redraws"])
+def test_a_label_is_never_read_as_markup(label: str, console: object, redraws: int) -> None:
+    clock, out = Clock(), console()  # type: ignore[operator]
+    reporter = make_reporter(True, label, console=out, clock=clock)
+    reporter.start(4)
+    for done in range(1, redraws + 1):
+        clock.now += 6.0  # past both redraw intervals: a live frame or a plain line each time
+        reporter.update(done, 0)
+    reporter.update(4, 0)
+    reporter.stop()
+    text = output(out)
+    assert label in text
+    assert "😄" not in text  # nor is :smile: read as an emoji code
+    if console is plain:
+        lines = text.splitlines()
+        assert len(lines) == 1 + redraws
+        assert all(line.startswith(f"{label}: ") for line in lines)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("label", MARKUP_LABELS)
+def test_a_run_with_a_markup_label_keeps_its_results(
+    label: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # stderr is captured, so not a terminal: the plain lines, where the label was read as markup.
+    P = Parallel(jobs.square, range(6), ncpus=2, progress=True, label=label).run()
+    assert P.results == [0, 1, 4, 9, 16, 25]
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"{label}: 6/6")

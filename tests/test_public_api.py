@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import parallel_jobs as pj
 
-SCIRIS_PARAMETERS = [
+# sciris 3.6's positional parameters, in order: its users pass them by position.
+SCIRIS_PARALLEL = [
     "func", "iterarg", "iterkwargs", "args", "kwargs", "ncpus", "maxcpu", "maxmem", "interval",
-    "parallelizer", "serial", "progress", "callback", "globaldict", "die",
+    "parallelizer", "serial", "progress", "callback", "globaldict", "label", "capture", "die",
+    "lbkwargs", "start_method",
 ]
+SCIRIS_PARALLELIZE = [name for name in SCIRIS_PARALLEL if name != "label"]
 SCIRIS_DEFAULTS = {
     "iterarg": None, "iterkwargs": None, "args": None, "kwargs": None, "ncpus": None,
     "maxcpu": None, "maxmem": None, "interval": None, "parallelizer": None, "serial": False,
-    "progress": False, "callback": None, "globaldict": None, "die": True,
+    "progress": False, "callback": None, "globaldict": None, "label": None, "capture": False,
+    "die": True, "lbkwargs": None, "start_method": None,
 }
-NEW_OPTIONS = {"timeout": None, "retries": 0, "chunksize": None, "start_method": None}
+NEW_OPTIONS = {"timeout": None, "retries": 0, "chunksize": None}
 
 
 def test_all_is_pinned() -> None:
@@ -44,19 +50,43 @@ def _split(func: object) -> tuple[list[inspect.Parameter], list[inspect.Paramete
 
 def test_parallelize_signature_is_sciris_plus_keyword_only_options() -> None:
     positional, keyword_only, var_keyword = _split(pj.parallelize)
-    assert [p.name for p in positional] == SCIRIS_PARAMETERS
-    assert {p.name: p.default for p in positional[1:]} == SCIRIS_DEFAULTS
-    assert {p.name: p.default for p in keyword_only} == {**NEW_OPTIONS, "label": None}
+    assert [p.name for p in positional] == SCIRIS_PARALLELIZE
+    assert {p.name: p.default for p in positional[1:]} == {
+        name: SCIRIS_DEFAULTS[name] for name in SCIRIS_PARALLELIZE[1:]}
+    # parallelize() returns only the results: it keeps no records unless asked.
+    assert {p.name: p.default for p in keyword_only} == {
+        "label": None, **NEW_OPTIONS, "keep_records": False}
     assert var_keyword == ["func_kwargs"]
 
 
-def test_parallel_signature_is_sciris_plus_label_plus_keyword_only_options() -> None:
+def test_parallel_signature_is_sciris_plus_keyword_only_options() -> None:
     positional, keyword_only, var_keyword = _split(pj.Parallel)
-    assert [p.name for p in positional] == [*SCIRIS_PARAMETERS, "label"]
-    assert {p.name: p.default for p in positional[1:]} == {**SCIRIS_DEFAULTS, "label": None}
-    # keep_records is the object's only: parallelize() returns only the results.
+    assert [p.name for p in positional] == SCIRIS_PARALLEL
+    assert {p.name: p.default for p in positional[1:]} == SCIRIS_DEFAULTS
     assert {p.name: p.default for p in keyword_only} == {**NEW_OPTIONS, "keep_records": True}
     assert var_keyword == ["func_kwargs"]
+
+
+def test_parallelize_and_parallel_take_the_same_parameter_names() -> None:
+    # sciris' own test compares them: every option of one is an option of the other.
+    assert set(inspect.signature(pj.parallelize).parameters) == set(
+        inspect.signature(pj.Parallel).parameters)
+
+
+def test_positional_parameters_are_those_of_the_installed_sciris() -> None:
+    sc = pytest.importorskip("sciris")
+    for ours, theirs in ((pj.Parallel, sc.Parallel), (pj.parallelize, sc.parallelize)):
+        mine = [p.name for p in _split(ours)[0]]
+        sciris = [p.name for p in _split(theirs)[0]]
+        assert mine == [name for name in sciris if name != "self"]
+
+
+def test_a_new_option_is_keyword_only() -> None:
+    positional = [None] * (len(SCIRIS_PARALLEL) - 1)
+    with pytest.raises(TypeError, match="positional"):
+        pj.Parallel(abs, [1], *positional[1:], 5.0)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional"):
+        pj.parallelize(abs, [1], *positional[2:], 5.0)  # type: ignore[misc]
 
 
 def test_unknown_parallelizer_error_is_a_key_error() -> None:

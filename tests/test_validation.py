@@ -6,8 +6,11 @@ own TypeError, and the error says which task it was.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 
+import numpy as np
 import pytest
 
 import parallel_jobs as pj
@@ -151,12 +154,6 @@ def test_new_options_validated(option: str, value: object, error: type[Exception
         Parallel(jobs.square, [1, 2], **{option: value})
 
 
-def test_new_options_are_keyword_only() -> None:
-    with pytest.raises(TypeError):
-        Parallel(jobs.square, [1, 2], None, None, None, None, None, None, None, None, False,
-                 False, None, None, True, "label", 5)  # type: ignore[misc]
-
-
 def _check_names_task(error: BaseException, index: int) -> None:
     cause = error.__cause__
     assert isinstance(cause, pj.RemoteTraceback)
@@ -179,3 +176,172 @@ def test_unexpected_per_task_keyword_names_its_task() -> None:
         parallelize(jobs.square, iterkwargs=iterkwargs, ncpus=1)
     assert type(info.value) is TypeError
     _check_names_task(info.value, 2)
+
+
+# -- a misspelt option (issue 10) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typo", "option"),
+    [("iterargs", "iterarg"), ("ncpu", "ncpus"), ("timout", "timeout"),
+     ("paralellizer", "parallelizer"), ("chunk_size", "chunksize"), ("retry", "retries"),
+     ("lbkwarg", "lbkwargs"), ("keep_record", "keep_records")],
+)
+@pytest.mark.parametrize("make", [Parallel, parallelize])
+def test_a_misspelt_option_the_function_cannot_take_fails_at_construction(
+    typo: str, option: str, make: object,
+) -> None:
+    with pytest.raises(TypeError, match=rf"'{typo}'.*did you mean '{option}'\?") as info:
+        make(jobs.square, [1, 2], ncpus=2, **{typo: 2})  # type: ignore[operator]
+    # Raised here, not by a task: no worker traceback is attached.
+    assert info.value.__cause__ is None
+    assert "square" in str(info.value)
+
+
+def test_a_keyword_the_function_names_is_passed_even_if_close_to_an_option() -> None:
+    assert parallelize(jobs.times_ncpu, [1, 2], ncpus=2, ncpu=3) == [3, 6]
+
+
+def test_a_keyword_a_function_with_var_keywords_takes_is_passed() -> None:
+    assert parallelize(jobs.with_any_keywords, [1], timout=5, ncpus=1) == [(1, [("timout", 5)])]
+
+
+def test_a_function_whose_signature_cannot_be_read_gets_the_keyword() -> None:
+    # A builtin that says nothing of its parameters: it decides, when it runs.
+    P = Parallel(max, [1, 2], ncpu=3, serial=True)
+    assert P.kwargs == {"ncpu": 3}
+
+
+# -- numbers that cannot be used (issue 11 item 13) ---------------------------------------------
+
+
+@pytest.mark.parametrize("ncpus", [math.inf, math.nan, -math.inf])
+def test_ncpus_infinite_or_nan_names_ncpus(ncpus: float) -> None:
+    with pytest.raises(ValueError, match="ncpus"):
+        Parallel(jobs.square, [1, 2], ncpus=ncpus)
+
+
+@pytest.mark.parametrize("name", ["interval", "timeout", "maxcpu", "maxmem"])
+def test_nan_is_refused_naming_the_argument(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be a number, not NaN"):
+        Parallel(jobs.square, [1, 2], **{name: math.nan})
+
+
+@pytest.mark.parametrize("interval", [math.inf, float("1e400")])
+def test_interval_must_be_finite(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval must be a finite number"):
+        Parallel(jobs.square, [1, 2], interval=interval)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e12, 30 * 86400, pj.parallel.LONGEST_TIMEOUT])
+def test_a_timeout_too_long_to_wait_for_means_none(timeout: float) -> None:
+    assert Parallel(jobs.square, [1, 2], timeout=timeout).timeout is None
+
+
+def test_a_timeout_just_short_of_the_longest_is_kept() -> None:
+    seconds = 24 * 86400
+    assert Parallel(jobs.square, [1, 2], timeout=seconds).timeout == seconds
+
+
+# -- yes/no arguments (issue 11 item 13) ---------------------------------------------------------
+
+FLAGS = ["die", "serial", "progress", "capture", "keep_records"]
+
+
+@pytest.mark.parametrize("name", FLAGS)
+@pytest.mark.parametrize("value", ["False", "True", "", 2, -1, 0.5, [True]])
+def test_a_flag_that_is_not_a_bool_is_a_type_error(name: str, value: object) -> None:
+    expected = rf"{name} must be True or False, not {re.escape(repr(value))}"
+    with pytest.raises(TypeError, match=expected):
+        Parallel(jobs.square, [1, 2], **{name: value})
+
+
+@pytest.mark.parametrize("name", FLAGS)
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), (1, True), (0, False), (np.bool_(True), True),
+     (np.bool_(False), False), (None, False)],
+)
+def test_a_flag_takes_bools_numpy_bools_zero_one_and_none(
+    name: str, value: object, expected: bool,
+) -> None:
+    P = Parallel(jobs.square, [1, 2], **{name: value})
+    assert getattr(P, name) is expected
+
+
+# -- capture ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parallelizer", ["thread", "threadpool", "thread-copy", "thread-async"])
+def test_capture_with_threads_is_a_value_error(parallelizer: str) -> None:
+    with pytest.raises(ValueError, match=r"capture=True.*'thread'.*share one stdout"):
+        Parallel(jobs.square, [1, 2], parallelizer=parallelizer, capture=True)
+
+
+@pytest.mark.parametrize("parallelizer", [None, "serial", "fast", "multiprocessing"])
+def test_capture_is_accepted_elsewhere(parallelizer: str | None) -> None:
+    assert Parallel(jobs.square, [1, 2], parallelizer=parallelizer, capture=True).capture
+
+
+def test_capture_is_passed_to_the_backend() -> None:
+    P = Parallel(jobs.square, [1, 2], capture=True)
+    assert P._make_runner().backend.options.capture
+
+
+# -- lbkwargs --------------------------------------------------------------------------------------
+
+
+def test_lbkwargs_must_be_a_dict() -> None:
+    with pytest.raises(TypeError, match="lbkwargs must be a dict, not list"):
+        Parallel(jobs.square, [1, 2], lbkwargs=[("maxcpu", 0.5)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [("maxcpus", "did you mean 'maxcpu'"), ("maxload", "did you mean 'maxcpu'"),
+     ("colour", "known: maxcpu, maxmem, interval, cpu_interval")],
+)
+def test_lbkwargs_with_an_unknown_key_names_it(key: str, hint: str) -> None:
+    with pytest.raises(TypeError, match=rf"lbkwargs has no option '{key}'.*{hint}"):
+        Parallel(jobs.square, [1, 2], lbkwargs={key: 0.5})
+
+
+def test_lbkwargs_values_are_validated_as_the_arguments_are() -> None:
+    with pytest.raises(ValueError, match="maxcpu"):
+        Parallel(jobs.square, [1, 2], lbkwargs={"maxcpu": 250})
+    with pytest.raises(ValueError, match="interval must be a finite number"):
+        Parallel(jobs.square, [1, 2], lbkwargs={"interval": math.inf})
+
+
+LBKWARGS_CASES = [
+    ({}, {}),
+    ({"maxcpu": 0.5}, {}),
+    ({"maxcpu": 0.5, "maxmem": 70, "interval": 0.2}, {}),
+    ({"maxcpu": 0.5}, {"maxcpu": 0.7}),
+    ({"maxcpu": 0.5, "interval": 0.3}, {"maxcpu": None, "interval": 0.1}),
+    ({"maxcpu": 80, "cpu_interval": 0.2, "maxtime": 10, "label": "x", "verbose": True}, {}),
+]
+
+
+@pytest.mark.parametrize(("lbkwargs", "explicit"), LBKWARGS_CASES)
+def test_lbkwargs_merge_as_in_sciris(lbkwargs: dict[str, object],
+                                     explicit: dict[str, object]) -> None:
+    P = Parallel(jobs.square, [1, 2], lbkwargs=lbkwargs, **explicit)
+    given = {key: value for key, value in explicit.items() if value is not None}
+    expected = {"maxcpu": None, "maxmem": None, "interval": None, **lbkwargs, **given}
+    assert P.lbkwargs == expected
+    fraction = {"maxcpu": P.maxcpu, "maxmem": P.maxmem}
+    for name in ("maxcpu", "maxmem"):
+        value = expected[name]
+        assert fraction[name] == (None if value is None else pytest.approx(
+            value / 100 if value > 1 else value))  # type: ignore[operator]
+    assert P.interval == expected["interval"]
+
+
+@pytest.mark.parametrize(("lbkwargs", "explicit"), LBKWARGS_CASES)
+def test_lbkwargs_merge_gives_what_sciris_gives(lbkwargs: dict[str, object],
+                                                explicit: dict[str, object]) -> None:
+    sc = pytest.importorskip("sciris")
+    theirs = sc.Parallel(jobs.square, [1, 2], lbkwargs=lbkwargs, serial=True, **explicit)
+    ours = Parallel(jobs.square, [1, 2], lbkwargs=lbkwargs, serial=True, **explicit)
+    assert ours.lbkwargs == dict(theirs.lbkwargs)
