@@ -536,11 +536,8 @@ class Parallel:
     def stdout(self) -> list[str] | None:
         """What each task printed to stdout, with ``capture=True``; ``''`` for every task
         without it (as in sciris); None before a run."""
-        def build(store: ResultStore) -> list[str] | None:
-            captured = getattr(store, "stdout", None)
-            if captured is not None:
-                return list(captured)
-            return None if self.capture else [""] * store.njobs
+        def build(store: ResultStore) -> list[str]:
+            return [""] * store.njobs if store.stdout is None else list(store.stdout)
 
         return self._list("stdout", build)
 
@@ -668,7 +665,7 @@ class Parallel:
     def _make_runner(self) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy, capture=self.capture,
+            copy=self.choice.copy,
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
@@ -683,13 +680,12 @@ class Parallel:
         gate = None
         if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        capture = bool(getattr(self, "capture", False))
-        self._store = ResultStore(self.njobs, self.retries, self.keep_records, capture)
+        self._store = ResultStore(self.njobs, self.retries, self.keep_records, self.capture)
         return Runner(
             self._plan, backend, self._store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=capture,
+            ncpus=self.ncpus, capture=self.capture,
         )
 
     def _begin(self) -> Runner:

@@ -292,6 +292,6 @@ def test_capture_keeps_the_output_of_a_task_that_failed() -> None:
     assert P.stdout == ["about to fail 0\n", "about to fail 1\n"]
 
 
-def test_without_capture_stdout_is_none() -> None:
+def test_without_capture_stdout_is_empty_for_each_task_as_in_sciris() -> None:
     P = Parallel(abs, range(2), parallelizer="serial").run()
-    assert P.stdout is None
+    assert P.stdout == ["", ""]

@@ -283,11 +283,6 @@ def test_capture_is_accepted_elsewhere(parallelizer: str | None) -> None:
     assert Parallel(jobs.square, [1, 2], parallelizer=parallelizer, capture=True).capture
 
 
-def test_capture_is_passed_to_the_backend() -> None:
-    P = Parallel(jobs.square, [1, 2], capture=True)
-    assert P._make_runner().backend.options.capture
-
-
 # -- lbkwargs --------------------------------------------------------------------------------------
 
 

@@ -42,14 +42,12 @@ class BackendOptions:
         timeout: seconds a task may run, or None.
         start_method: 'fork', 'spawn', 'forkserver', or None for the library's choice.
         copy: give every task its own deep copy of the arguments (the '-copy' parallelizers).
-        capture: keep what each task prints to stdout (``capture=True``).
     """
 
     ncpus: int
     timeout: float | None = None
     start_method: str | None = None
     copy: bool = False
-    capture: bool = False
 
 
 class Backend(abc.ABC):
