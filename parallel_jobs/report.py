@@ -20,9 +20,12 @@ from .task import TaskResult
 if TYPE_CHECKING:
     from .parallel import Parallel
 
-__all__ = ["plot_timeline", "print_report", "summarize", "to_records"]
+__all__ = ["plot_timeline", "print_report", "require_matplotlib", "summarize", "to_records"]
 
-PLOT_INSTALL_HINT = 'plot_timeline needs matplotlib: pip install "parallel-jobs[plot]"'
+PLOT_INSTALL_HINT = (
+    "plot_timeline needs matplotlib: pip install matplotlib "
+    '(or, in a checkout of parallel_jobs, pip install ".[plot]")'
+)
 
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -275,6 +278,20 @@ def to_records(parallel: Parallel) -> list[dict[str, Any]]:
     return records
 
 
+def require_matplotlib() -> None:
+    """Import what :func:`plot_timeline` draws with, so that a caller can check before a run.
+
+    Raises:
+        ImportError: without matplotlib, saying how to install it.
+    """
+    try:
+        import matplotlib.backends.backend_agg
+        import matplotlib.figure
+        import matplotlib.patches  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(PLOT_INSTALL_HINT) from exc
+
+
 def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     """Draw each worker's tasks over time, failed ones marked, with the machine's load below.
 
@@ -296,12 +313,10 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         ['worker', 'machine load %']
     """
     results = _finished_run(parallel)
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
-    except ImportError as exc:
-        raise ImportError(PLOT_INSTALL_HINT) from exc
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     origin = parallel.times["started"].timestamp()
     lanes = _worker_lanes(results)
