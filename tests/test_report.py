@@ -246,16 +246,33 @@ def test_the_worker_table_says_which_worker_was_stopped_for_a_timeout() -> None:
 
 
 def test_a_crash_that_a_retry_hides_names_no_worker() -> None:
-    # Task 6 kills its worker on both attempts. The first crash leaves no record (the retry's
+    # Task 20 kills its worker on both attempts. The first crash leaves no record (the retry's
     # replaces it), so the worker it killed, which ran earlier tasks, seems to have ended
     # quietly, and whichever process took its place can only say it replaced "an earlier worker".
-    P = Parallel(jobs.die_on, range(40), bad=6, others=0.02, ncpus=2, chunksize=1, retries=1,
+    P = Parallel(jobs.die_on, range(40), bad=20, others=0.02, ncpus=2, chunksize=1, retries=1,
                  die=False)
     with pytest.warns(RuntimeWarning, match="only 39 of 40"):
         P.run()
     notes = notes_by_pid(P)
-    assert notes[P.task_results[6].pid].endswith("crashed in task 6")
+    assert notes[P.task_results[20].pid].endswith("crashed in task 20")
     assert "replaced an earlier worker" in " ".join(notes.values())
+
+
+def test_a_thread_that_overran_its_timeout_is_not_said_to_be_stopped(tmp_path) -> None:
+    # The last task (one thread runs them in order) hangs until the test creates ``go``; a
+    # thread cannot be stopped, only abandoned, and every task ran in this very process, so no
+    # note may say otherwise.
+    here, go = tmp_path / "here", tmp_path / "go"
+    here.touch()
+    P = Parallel(jobs.wait_for_path, iterkwargs={"x": [0, 1, 2], "path": [here, here, go]},
+                 parallelizer="thread", ncpus=1, timeout=0.1, die=False)
+    try:
+        with pytest.warns(RuntimeWarning, match="only 2 of 3"):
+            P.run()
+    finally:
+        go.touch()
+    assert [w["note"] for w in P.summary()["workers"]] == [""]
+    assert "stopped: task" not in rendered(P)
 
 
 def test_reports_need_a_finished_run() -> None:
