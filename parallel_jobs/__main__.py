@@ -1,4 +1,9 @@
-"""Command line: ``python -m parallel_jobs demo`` runs a real parallel job and reports on it."""
+"""Command line: ``python -m parallel_jobs demo`` runs a real parallel job and reports on it.
+
+This module owns the ``parallel-jobs`` script: its options, their checks and the demo job. It
+reports through :mod:`parallel_jobs.report` and runs through :class:`~parallel_jobs.Parallel`,
+like any other caller.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,12 @@ from collections.abc import Sequence
 
 from . import __version__
 from .parallel import Parallel
+from .report import require_matplotlib
+
+DESCRIPTION = (
+    "Run a demonstration of parallel_jobs: CPU-bound simulations on every CPU with a live "
+    "progress bar, then a report of where the time and memory went."
+)
 
 
 def simulate(seed: int, steps: int = 400_000) -> float:
@@ -46,17 +57,37 @@ def demo(njobs: int, steps: int, timeline: str | None = None) -> int:
     return 0 if all(P.success or []) else 1
 
 
+def _positive(text: str) -> int:
+    """argparse type of a count that must be at least 1 (argparse names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"must be a positive integer, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m parallel_jobs`` and the ``parallel-jobs`` script."""
-    parser = argparse.ArgumentParser(prog="parallel-jobs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="parallel-jobs", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"parallel-jobs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("demo", help="run a real parallel job with a progress bar and a report")
-    run.add_argument("--jobs", type=int, default=16, help="number of tasks (default 16)")
-    run.add_argument("--steps", type=int, default=3_000_000,
+    run = sub.add_parser("demo", help="run a real parallel job with a progress bar and a report",
+                         description=DESCRIPTION)
+    run.add_argument("--jobs", type=_positive, default=16, help="number of tasks (default 16)")
+    run.add_argument("--steps", type=_positive, default=3_000_000,
                      help="work of the longest task (default 3,000,000)")
     run.add_argument("--timeline", metavar="PNG",
                      help="also save a timeline of the run (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.timeline:
+        # Checked before the run, not after minutes of work.
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            run.error(f"--timeline: {exc}")
     return demo(args.jobs, args.steps, args.timeline)
 
 

@@ -10,19 +10,33 @@ the machine's load underneath. matplotlib is imported only by :func:`plot_timeli
 from __future__ import annotations
 
 import datetime
+import os
 import reprlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import TaskTimeoutError, WorkerCrashedError
 from .monitor import LoadSample
 from .task import TaskResult
 
 if TYPE_CHECKING:
     from .parallel import Parallel
 
-__all__ = ["plot_timeline", "print_report", "summarize", "to_records"]
+__all__ = ["plot_timeline", "print_report", "require_matplotlib", "summarize", "to_records"]
 
-PLOT_INSTALL_HINT = 'plot_timeline needs matplotlib: pip install "parallel-jobs[plot]"'
+PLOT_INSTALL_HINT = (
+    "plot_timeline needs matplotlib: pip install matplotlib "
+    '(or, in a checkout of parallel_jobs, pip install ".[plot]")'
+)
+
+ADVICE_MIN_ELAPSED = 1.0
+"""Seconds a run must last before the report advises on task size: a shorter run is mostly
+starting its workers, which larger tasks do not shorten, and is not worth tuning."""
+ADVICE_MIN_WAITING = 0.25
+"""Share of the workers' capacity (elapsed x workers) that they must have spent waiting between
+their own tasks before the report advises on task size. Idle time before a worker's first task
+(start-up) or after its last (the run's tail, a run of few or uneven tasks) does not count:
+fewer, larger tasks would not remove it, and would lengthen the tail."""
 
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -37,12 +51,19 @@ def _finished_run(parallel: Parallel) -> list[TaskResult]:
     return parallel.task_results
 
 
+_MOST_ARGUMENT_CHARS = 80
+
+
 def _arguments(parallel: Parallel, index: int) -> str:
-    """The task's own arguments, shortened for a table: ``x=3, y=4`` or ``(5,)``."""
+    """The task's own arguments, shortened for a table: ``x=3, y=4`` or ``5``; each value to
+    about 60 characters, and all of them to 80."""
     task = parallel._plan.task(index)
     parts = [_short.repr(value) for value in task.args]
     parts += [f"{key}={_short.repr(value)}" for key, value in (task.kwargs or {}).items()]
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    if len(text) > _MOST_ARGUMENT_CHARS:
+        text = text[: _MOST_ARGUMENT_CHARS - 3] + "..."
+    return text
 
 
 def _worker_lanes(results: Sequence[TaskResult]) -> dict[int, list[TaskResult]]:
@@ -51,6 +72,61 @@ def _worker_lanes(results: Sequence[TaskResult]) -> dict[int, list[TaskResult]]:
     for result in sorted((r for r in results if r.attempts), key=lambda r: r.started):
         lanes.setdefault(result.pid, []).append(result)
     return lanes
+
+
+def _waiting(lane: Sequence[TaskResult]) -> float:
+    """Seconds the process of ``lane`` spent between its tasks: neither before its first one
+    (start-up) nor after its last (the run's tail). Tasks that overlap (threads share a pid)
+    count as one span."""
+    waited, reach = 0.0, lane[0].started + lane[0].elapsed
+    for result in lane[1:]:
+        waited += max(0.0, result.started - reach)
+        reach = max(reach, result.started + result.elapsed)
+    return waited
+
+
+def _end_of(lane: Sequence[TaskResult]) -> str:
+    """What ended the process of ``lane``, when its last task says so, else ``""``."""
+    last = lane[-1]
+    if isinstance(last.exception, WorkerCrashedError):
+        return f"crashed in task {last.index}"
+    if isinstance(last.exception, TaskTimeoutError) and last.exception.stopped:
+        return f"stopped: task {last.index} overran its timeout"
+    return ""
+
+
+def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int) -> dict[int, str]:
+    """Which worker process ended how, and which one took its place, as far as the records tell.
+
+    A process ended if its last task failed with WorkerCrashedError, or with a TaskTimeoutError
+    that stopped its worker. A process whose first task started after ``ncpus`` others had
+    started one took the place of one that ended, since a pool never holds more than ``ncpus``
+    workers; it is paired with the earliest-ended unpaired process that ended before it
+    started. A crash whose task was retried leaves no record of its own (the retry's replaces
+    it), so a process with no such partner is said to have replaced "an earlier worker". The
+    parent's own pid (serial and thread backends) and pid 0 (unknown) are never said to end.
+    """
+    parent = os.getpid()
+    ended: list[tuple[float, int]] = []  # (when, pid), in the order the processes ended
+    notes: dict[int, list[str]] = {}
+    for number, (pid, lane) in enumerate(lanes.items()):
+        if pid in (0, parent):
+            continue
+        own = notes.setdefault(pid, [])
+        first = lane[0].started
+        if number >= ncpus:
+            earlier = [item for item in ended if item[0] <= first]
+            if earlier:
+                ended.remove(earlier[0])
+                own.append(f"replaced pid {earlier[0][1]}")
+            else:
+                own.append("replaced an earlier worker")
+        end = _end_of(lane)
+        if end:
+            own.append(end)
+            ended.append((lane[-1].started + lane[-1].elapsed, pid))
+            ended.sort()
+    return {pid: "; ".join(parts) for pid, parts in notes.items() if parts}
 
 
 def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
@@ -67,10 +143,14 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
     Returns:
         A dict with ``label``, ``method``, ``njobs``, ``ncpus``, ``succeeded``, ``failed``,
         ``not_run``, ``elapsed``, ``busy_time``, ``cpu_time``, ``busy_efficiency``,
-        ``cpu_efficiency``, ``peak_rss`` (bytes, the largest of any task), ``peak_cpu`` and
-        ``peak_memory`` (the machine's highest sampled load, 0 to 1), ``slowest`` (index,
-        elapsed, arguments), ``failures`` (index, type, message, attempts) and ``workers`` (pid,
-        tasks, busy, cpu_time, peak_rss, busy fraction).
+        ``cpu_efficiency``, ``waiting_time`` (seconds the workers spent between their own tasks,
+        summed: the per-task cost of messages, the parent's bookkeeping and the callback),
+        ``peak_rss`` (bytes, the largest of any task), ``peak_cpu`` and ``peak_memory`` (the
+        machine's highest sampled load, 0 to 1), ``slowest`` (index, elapsed, cpu_time,
+        peak_rss, arguments), ``failures`` (index, type, message, attempts, arguments) and
+        ``workers`` (pid, tasks, busy, cpu_time, peak_rss, busy_fraction, and a ``note`` saying
+        whether the process crashed or was stopped, and which one it replaced, or ``""``).
+        ``arguments`` are the task's own values, shortened to about 60 characters each.
 
     Raises:
         RuntimeError: if the Parallel has not finished a run.
@@ -93,8 +173,10 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
     capacity = elapsed * parallel.ncpus
     samples = parallel.load_samples
     failed = [r for r in results if r.exception is not None]
+    lanes = _worker_lanes(results)
+    notes = _worker_notes(lanes, parallel.ncpus)
     workers = []
-    for pid, lane in _worker_lanes(results).items():
+    for pid, lane in lanes.items():
         lane_busy = sum(r.elapsed for r in lane)
         workers.append({
             "pid": pid,
@@ -103,6 +185,7 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
             "cpu_time": sum(r.cpu_time for r in lane),
             "peak_rss": max(r.peak_rss for r in lane),
             "busy_fraction": lane_busy / elapsed if elapsed > 0 else 0.0,
+            "note": notes.get(pid, ""),
         })
     return {
         "label": parallel.label,
@@ -117,11 +200,18 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
         "cpu_time": cpu,
         "busy_efficiency": busy / capacity if capacity > 0 else 0.0,
         "cpu_efficiency": cpu / capacity if capacity > 0 else 0.0,
+        "waiting_time": sum(_waiting(lane) for lane in lanes.values()),
         "peak_rss": max((r.peak_rss for r in ran), default=0),
         "peak_cpu": max((s.cpu for s in samples), default=None),
         "peak_memory": max((s.memory for s in samples), default=None),
         "slowest": [
-            {"index": r.index, "elapsed": r.elapsed, "arguments": _arguments(parallel, r.index)}
+            {
+                "index": r.index,
+                "elapsed": r.elapsed,
+                "cpu_time": r.cpu_time,
+                "peak_rss": r.peak_rss,
+                "arguments": _arguments(parallel, r.index),
+            }
             for r in sorted(ran, key=lambda r: r.elapsed, reverse=True)[:slowest]
         ],
         "failures": [
@@ -130,6 +220,7 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
                 "type": type(r.exception).__name__,
                 "message": str(r.exception),
                 "attempts": r.attempts,
+                "arguments": _arguments(parallel, r.index),
             }
             for r in failed
         ],
@@ -146,7 +237,8 @@ def _seconds(seconds: float) -> str:
 
 
 def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:,.1f} MiB"
+    # 0 means not measured: a task its worker's crash cut short, or a platform without it.
+    return f"{nbytes / 2**20:,.1f} MiB" if nbytes else "--"
 
 
 def _percent(fraction: float | None) -> str:
@@ -155,6 +247,10 @@ def _percent(fraction: float | None) -> str:
 
 def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> None:
     """Print :func:`summarize` as rich tables: the run, its slowest tasks, failures, workers.
+
+    Below them comes advice on task size when it can matter: when a run of at least
+    ``ADVICE_MIN_ELAPSED`` seconds left its workers waiting between their tasks for at least
+    ``ADVICE_MIN_WAITING`` of their time.
 
     Args:
         parallel: a Parallel that has run.
@@ -201,36 +297,54 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
 
     if info["slowest"]:
         table = Table(title="slowest tasks")
-        table.add_column("task", justify="right")
-        table.add_column("time", justify="right")
+        for column in ("task", "time", "CPU time", "peak RSS"):
+            table.add_column(column, justify="right")
         table.add_column("arguments")
         for row in info["slowest"]:
-            table.add_row(str(row["index"]), _seconds(row["elapsed"]), escape(row["arguments"]))
+            table.add_row(str(row["index"]), _seconds(row["elapsed"]), _seconds(row["cpu_time"]),
+                          _mib(row["peak_rss"]), escape(row["arguments"]))
         console.print(table)
 
     if info["failures"]:
         table = Table(title="failures", title_style="bold red")
-        for column in ("task", "error", "message", "attempts"):
+        for column in ("task", "arguments", "error", "message", "attempts"):
             table.add_column(column, justify="right" if column in ("task", "attempts") else "left")
         for row in info["failures"]:
-            table.add_row(str(row["index"]), row["type"], escape(row["message"]),
-                          str(row["attempts"]))
+            table.add_row(str(row["index"]), escape(row["arguments"]), row["type"],
+                          escape(row["message"]), str(row["attempts"]))
         console.print(table)
 
+    noted = any(row["note"] for row in info["workers"])
     table = Table(title="workers")
     for column in ("pid", "tasks", "busy time", "busy", "CPU time", "peak RSS"):
         table.add_column(column, justify="right")
+    if noted:
+        table.add_column("note")
     for row in info["workers"]:
-        table.add_row(str(row["pid"]), str(row["tasks"]), _seconds(row["busy"]),
-                      _percent(row["busy_fraction"]), _seconds(row["cpu_time"]),
-                      _mib(row["peak_rss"]))
+        cells = [str(row["pid"]), str(row["tasks"]), _seconds(row["busy"]),
+                 _percent(row["busy_fraction"]), _seconds(row["cpu_time"]),
+                 _mib(row["peak_rss"])]
+        table.add_row(*cells, *([row["note"]] if noted else []))
     console.print(table)
-    if 0 < info["busy_efficiency"] < 0.5 and info["njobs"] > info["ncpus"]:
-        console.print(
-            f"[yellow]workers were busy only {info['busy_efficiency']:.0%} of the run:[/] "
-            "start-up or messaging outweighs the tasks; fewer, larger tasks (or a chunksize) "
-            "would help."
-        )
+    advice = _advice(info)
+    if advice:
+        console.print(advice)
+
+
+def _advice(info: dict[str, Any]) -> str:
+    """A line of advice when per-task costs took a real share of a run worth tuning, else ``""``."""
+    capacity = info["elapsed"] * info["ncpus"]
+    if info["elapsed"] < ADVICE_MIN_ELAPSED or capacity <= 0:
+        return ""
+    share = info["waiting_time"] / capacity
+    if share < ADVICE_MIN_WAITING:
+        return ""
+    return (
+        f"[yellow]workers waited between their tasks for {share:.0%} of the run:[/] what each "
+        "task costs outside the function (sending it and its result, the callback, waiting for "
+        "maxcpu/maxmem) outweighs the work; fewer, larger tasks (or a larger chunksize) would "
+        "help."
+    )
 
 
 def _moment(seconds: float) -> datetime.datetime | None:
@@ -275,6 +389,20 @@ def to_records(parallel: Parallel) -> list[dict[str, Any]]:
     return records
 
 
+def require_matplotlib() -> None:
+    """Import what :func:`plot_timeline` draws with, so that a caller can check before a run.
+
+    Raises:
+        ImportError: without matplotlib, saying how to install it.
+    """
+    try:
+        import matplotlib.backends.backend_agg
+        import matplotlib.figure
+        import matplotlib.patches  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(PLOT_INSTALL_HINT) from exc
+
+
 def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
     """Draw each worker's tasks over time, failed ones marked, with the machine's load below.
 
@@ -296,12 +424,10 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         ['worker', 'machine load %']
     """
     results = _finished_run(parallel)
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
-    except ImportError as exc:
-        raise ImportError(PLOT_INSTALL_HINT) from exc
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     origin = parallel.times["started"].timestamp()
     lanes = _worker_lanes(results)

@@ -7,6 +7,7 @@ import datetime
 import io
 import logging
 import sys
+import time
 
 import pytest
 from rich.console import Console
@@ -77,7 +78,8 @@ def test_summary_counts_times_and_failures(mixed_run: Parallel) -> None:
     assert info["peak_cpu"] == max(s.cpu for s in P.load_samples)
     assert info["peak_memory"] == max(s.memory for s in P.load_samples)
     assert info["failures"] == [
-        {"index": 3, "type": "ValueError", "message": "task value 3 is bad", "attempts": 1}
+        {"index": 3, "type": "ValueError", "message": "task value 3 is bad", "attempts": 1,
+         "arguments": "3"}
     ]
 
 
@@ -100,6 +102,10 @@ def test_summary_lists_the_slowest_tasks_with_their_arguments() -> None:
     assert [row["index"] for row in slowest] == [1, 2, 0]
     assert [row["arguments"] for row in slowest] == ["0.15", "0.05", "0.01"]
     assert slowest[0]["elapsed"] >= 0.15
+    by_index = {r.index: r for r in P.task_results}
+    for row in slowest:
+        assert row["cpu_time"] == by_index[row["index"]].cpu_time
+        assert row["peak_rss"] == by_index[row["index"]].peak_rss > 0
 
 
 def test_slowest_tasks_show_keyword_arguments_shortened() -> None:
@@ -118,13 +124,17 @@ def test_report_prints_the_tables(mixed_run: Parallel) -> None:
     assert isinstance(file, io.StringIO)
     text = file.getvalue()
     for expected in ("mixed: 8 tasks on 2 workers", "7 of 8", "busy efficiency",
-                     "slowest tasks", "failures", "ValueError", "task value 3 is bad",
-                     "workers"):
+                     "slowest tasks", "CPU time", "peak RSS", "failures", "ValueError",
+                     "task value 3 is bad", "workers"):
         assert expected in text, expected
     for worker in mixed_run.summary()["workers"]:
         assert str(worker["pid"]) in text
-    # Microsecond tasks keep two workers mostly idle, and the report says so.
-    assert "workers were busy only" in text
+    # Nothing crashed, so the worker table has no notes.
+    assert "note" not in text
+    # Microsecond tasks leave two workers mostly idle, but in a run this short that is start-up:
+    # fewer, larger tasks would not help, and the report does not say they would.
+    assert mixed_run.summary()["busy_efficiency"] < 0.5
+    assert "larger tasks" not in text
 
 
 def test_a_run_without_failures_reports_none() -> None:
@@ -134,6 +144,135 @@ def test_a_run_without_failures_reports_none() -> None:
     file = console.file
     assert isinstance(file, io.StringIO)
     assert "failures" not in file.getvalue()
+
+
+def rendered(P: Parallel) -> str:
+    """The report of ``P`` as plain text, 120 columns wide."""
+    console = Console(file=io.StringIO(), width=120)
+    P.report(console)
+    file = console.file
+    assert isinstance(file, io.StringIO)
+    return file.getvalue()
+
+
+def test_the_failures_table_shows_each_failed_tasks_arguments_shortened() -> None:
+    long = "a" * 200
+    P = Parallel(jobs.fail_on, iterkwargs={"x": [long, 1], "bad": [long, 3]},
+                 parallelizer="serial", die=False)
+    with pytest.warns(RuntimeWarning, match="only 1 of 2"):
+        P.run()
+    (failure,) = P.summary()["failures"]
+    assert failure["index"] == 0
+    assert failure["arguments"].startswith("x='aaa")
+    assert ", bad='aaa" in failure["arguments"]
+    assert len(failure["arguments"]) <= 80
+    text = rendered(P)
+    start = text.index("failures")
+    failures = text[start:text.index("workers", start)]
+    assert "arguments" in failures
+    assert "x='aaa" in failures
+
+
+def test_the_report_advises_larger_tasks_when_workers_waited_between_them() -> None:
+    # The parent takes 8 ms over each task's callback while a task takes microseconds: for
+    # more than a second, the workers mostly wait for their next task.
+    def slow_callback(data: dict[str, object]) -> None:
+        time.sleep(0.008)
+
+    P = Parallel(jobs.square, range(150), ncpus=2, chunksize=1, callback=slow_callback).run()
+    info = P.summary()
+    assert info["elapsed"] >= 1.2
+    assert info["waiting_time"] / (info["elapsed"] * 2) >= 0.5
+    text = rendered(P)
+    assert "workers waited between their tasks for" in text
+    assert "fewer, larger tasks" in text
+
+
+def test_no_advice_when_the_idle_time_is_the_runs_tail() -> None:
+    # One long task and six short ones on three workers: two workers idle for most of a run
+    # longer than a second, but after their last task, which larger tasks would only lengthen.
+    P = Parallel(jobs.sleep_for, [1.0] + [0.01] * 6, ncpus=3).run()
+    info = P.summary()
+    assert info["elapsed"] >= 1.0
+    assert info["busy_efficiency"] < 0.5
+    assert "larger tasks" not in rendered(P)
+
+
+def notes_by_pid(P: Parallel) -> dict[int, str]:
+    """Each worker's note, after checking that every note tells the truth of the records: a
+    worker said to end was one whose last task crashed or timed out, each ended worker is
+    replaced at most once, and only processes beyond the pool's size are replacements."""
+    workers = P.summary()["workers"]
+    notes = {w["pid"]: w["note"] for w in workers}
+    last = {}
+    for r in sorted(P.task_results, key=lambda r: r.started):
+        last[r.pid] = r
+    named = [note.split("replaced pid ")[1].split(";")[0] for note in notes.values()
+             if "replaced pid " in note]
+    assert len(named) == len(set(named))
+    for pid in named:
+        assert f"task {last[int(pid)].index} " in notes[int(pid)] + " "
+    replacements = [pid for pid, note in notes.items() if "replaced" in note]
+    assert len(replacements) == len(workers) - P.ncpus
+    assert set(replacements) == {w["pid"] for w in workers[P.ncpus:]}
+    return notes
+
+
+def test_the_worker_table_says_which_worker_crashed_and_which_replaced_it() -> None:
+    # Task 1 kills its worker early; the 38 tasks after it (20 ms each) keep a replacement busy.
+    P = Parallel(jobs.die_on, range(40), bad=1, others=0.02, ncpus=2, chunksize=1, die=False)
+    with pytest.warns(RuntimeWarning, match="only 39 of 40"):
+        P.run()
+    notes = notes_by_pid(P)
+    dead = P.task_results[1].pid
+    assert notes[dead] == "crashed in task 1"
+    assert list(notes.values()).count(f"replaced pid {dead}") == 1
+    assert sorted(notes.values()).count("") == 1
+    text = rendered(P)
+    assert "note" in text
+    assert "crashed in task 1" in text
+    assert f"replaced pid {dead}" in text
+
+
+def test_the_worker_table_says_which_worker_was_stopped_for_a_timeout() -> None:
+    P = Parallel(jobs.sleep_if, range(40), slow=1, seconds=30, others=0.05, ncpus=2,
+                 chunksize=1, timeout=0.3, die=False)
+    with pytest.warns(RuntimeWarning, match="only 39 of 40"):
+        P.run()
+    notes = notes_by_pid(P)
+    stopped = P.task_results[1].pid
+    assert notes[stopped] == "stopped: task 1 overran its timeout"
+    assert list(notes.values()).count(f"replaced pid {stopped}") == 1
+
+
+def test_a_crash_that_a_retry_hides_names_no_worker() -> None:
+    # Task 20 kills its worker on both attempts. The first crash leaves no record (the retry's
+    # replaces it), so the worker it killed, which ran earlier tasks, seems to have ended
+    # quietly, and whichever process took its place can only say it replaced "an earlier worker".
+    P = Parallel(jobs.die_on, range(40), bad=20, others=0.02, ncpus=2, chunksize=1, retries=1,
+                 die=False)
+    with pytest.warns(RuntimeWarning, match="only 39 of 40"):
+        P.run()
+    notes = notes_by_pid(P)
+    assert notes[P.task_results[20].pid].endswith("crashed in task 20")
+    assert "replaced an earlier worker" in " ".join(notes.values())
+
+
+def test_a_thread_that_overran_its_timeout_is_not_said_to_be_stopped(tmp_path) -> None:
+    # The last task (one thread runs them in order) hangs until the test creates ``go``; a
+    # thread cannot be stopped, only abandoned, and every task ran in this very process, so no
+    # note may say otherwise.
+    here, go = tmp_path / "here", tmp_path / "go"
+    here.touch()
+    P = Parallel(jobs.wait_for_path, iterkwargs={"x": [0, 1, 2], "path": [here, here, go]},
+                 parallelizer="thread", ncpus=1, timeout=0.1, die=False)
+    try:
+        with pytest.warns(RuntimeWarning, match="only 2 of 3"):
+            P.run()
+    finally:
+        go.touch()
+    assert [w["note"] for w in P.summary()["workers"]] == [""]
+    assert "stopped: task" not in rendered(P)
 
 
 def test_reports_need_a_finished_run() -> None:
@@ -207,8 +346,12 @@ def test_timeline_without_matplotlib_says_how_to_install_it(
 ) -> None:
     for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(ImportError, match=r'pip install "parallel-jobs\[plot\]"'):
+    with pytest.raises(ImportError, match="needs matplotlib") as caught:
         mixed_run.plot_timeline()
+    # The package is not published: the hint must name what pip can find.
+    assert "pip install matplotlib" in str(caught.value)
+    assert 'pip install ".[plot]"' in str(caught.value)
+    assert "parallel-jobs[plot]" not in str(caught.value)
 
 
 def test_the_log_tells_of_workers_started_replaced_and_stopped_and_of_retries(
