@@ -25,6 +25,8 @@ from typing import Any
 
 import dill
 
+from ._main_pickling import MainPickler
+
 __all__ = ["MIN_SHARED_BYTES", "SEGMENT_NAME", "SharedArrays", "loads_payload"]
 
 MIN_SHARED_BYTES = 1 << 20
@@ -49,9 +51,10 @@ def _dumpable() -> bool:
     return _prctl is None or _prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
 
 
-class _SharingPickler(dill.Pickler):
+class _SharingPickler(MainPickler):
+    # A MainPickler: a worker that gets the payload pickled did not inherit __main__.
     def __init__(self, file: io.BytesIO, owner: SharedArrays) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(file)
         self._owner = owner
 
     def persistent_id(self, obj: Any) -> Any:

@@ -12,6 +12,7 @@ imports nothing from the parent side.
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback as traceback_module
 from array import array
@@ -22,7 +23,8 @@ import attrs
 
 from .errors import RemoteTaskError
 
-__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "dumps", "task_call"]
+__all__ = ["Batch", "Chunk", "Failure", "Payload", "Task", "TaskResult", "dumps",
+           "dumps_for_spawned", "task_call"]
 
 
 @attrs.frozen(slots=True)
@@ -147,7 +149,8 @@ def _assemble(loaded: Any) -> BaseException:
 def dumps(obj: Any) -> bytes:
     """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
 
-    What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
+    For a process that shares this one's ``__main__``: a forked worker, or the parent a worker
+    answers (see :func:`dumps_for_spawned` for the others). What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
     pickles name modules that exist only once dill is imported, and the process reading them
     (a forked worker, or the parent of a run that pickled nothing exotic so far) may not have
     imported it.
@@ -160,10 +163,37 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import dill
+        from ._main_pickling import SharedMainPickler, dill_dumps
 
-        wrapped = _Dilled(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-        return pickle.dumps(wrapped, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dilled(dill_dumps(SharedMainPickler, obj))
+
+
+def dumps_for_spawned(obj: Any) -> bytes:
+    """Pickle for a worker that did not inherit this process's ``__main__`` (spawn, forkserver).
+
+    Where ``__main__`` cannot be imported by such a worker (a notebook, a REPL, ``python -c``),
+    the classes and functions it defines travel by value (see :mod:`._main_pickling`); else this
+    is :func:`dumps`. Either way the C pickler does the work and dill only what it refuses.
+
+    Examples:
+        >>> import pickle
+        >>> pickle.loads(dumps_for_spawned([1, "a"]))
+        [1, 'a']
+    """
+    from ._main_pickling import MainPickler, SpawnPickler, dill_dumps, main_is_importable
+
+    if main_is_importable():
+        return dumps(obj)
+    buffer = io.BytesIO()
+    try:
+        SpawnPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception:
+        return _dilled(dill_dumps(MainPickler, obj))
+    return buffer.getvalue()
+
+
+def _dilled(blob: bytes) -> bytes:
+    return pickle.dumps(_Dilled(blob), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Dilled:

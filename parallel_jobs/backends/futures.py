@@ -29,7 +29,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import pack_payload
+from .wire import chunk_pickler, encode_chunk, pack_payload
 
 __all__ = ["FuturesBackend"]
 
@@ -45,8 +45,9 @@ def _initialize(blob: bytes, seed: int | None) -> None:
     reseed_numpy(None if seed is None else seed + 7919 * os.getpid())
 
 
-def _run(chunk: Chunk) -> bytes:
+def _run(message: bytes) -> bytes:
     assert _PAYLOAD is not None
+    chunk = pickle.loads(message)
     return encode_batch(run_chunk(_PAYLOAD, chunk))
 
 
@@ -60,6 +61,9 @@ class FuturesBackend(Backend):
         super().__init__(options)
         self.max_chunk = 1 if options.timeout is not None else None
         self.context = multiprocessing.get_context(options.start_method)
+        # Chunks are pickled here, not by the executor: the standard pickler cannot send what a
+        # notebook's __main__ defines to a spawned worker.
+        self.pickle_chunk = chunk_pickler(self.context.get_start_method() == "fork")
         self.executor: cf.ProcessPoolExecutor | None = None
         self.blob = b""
         self.shared: Any = None
@@ -96,7 +100,8 @@ class FuturesBackend(Backend):
 
     def submit(self, chunk: Chunk) -> None:
         assert self.executor is not None
-        self.futures[self.executor.submit(_run, chunk)] = (chunk, time.perf_counter())
+        message = encode_chunk(chunk, self.pickle_chunk)
+        self.futures[self.executor.submit(_run, message)] = (chunk, time.perf_counter())
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its
         # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.

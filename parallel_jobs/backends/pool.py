@@ -46,7 +46,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import decode_batch, encode_chunk, pack_payload
+from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
 
@@ -252,6 +252,7 @@ class ProcessPoolBackend(Backend):
         self.context = module.get_context(self.start_method)
         # Forked workers inherit the payload, start with their first chunk and are never kept.
         self.forked = self.context.get_start_method() == "fork"
+        self.pickle_chunk = chunk_pickler(self.forked)
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
         self.wait = module.connection.wait
@@ -395,7 +396,7 @@ class ProcessPoolBackend(Backend):
             worker = None
         if worker is None:
             worker = self._spawn(number)
-        message = encode_chunk(chunk)
+        message = encode_chunk(chunk, self.pickle_chunk)
         try:
             worker.conn.send_bytes(message)
         except OSError:

@@ -9,24 +9,32 @@ arguments of task 7, the result of task 3.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SerializationError
-from ..task import Batch, Chunk, Payload, dumps
+from ..task import Batch, Chunk, Payload, dumps, dumps_for_spawned
 from .base import chunk_failed
 
-__all__ = ["decode_batch", "encode_chunk", "pack_payload"]
+__all__ = ["chunk_pickler", "decode_batch", "encode_chunk", "pack_payload"]
 
 
-def encode_chunk(chunk: Chunk) -> bytes:
-    """Pickle ``chunk`` for a worker; when it cannot be, name the task whose arguments fail."""
+def chunk_pickler(forked: bool) -> Callable[[Any], bytes]:
+    """How to pickle chunks for workers that were forked from this process, or were not: those
+    cannot look up what a notebook's ``__main__`` defines, so it is sent by value."""
+    return dumps if forked else dumps_for_spawned
+
+
+def encode_chunk(chunk: Chunk, pickler: Callable[[Any], bytes] = dumps) -> bytes:
+    """Pickle ``chunk`` with ``pickler`` (see :func:`chunk_pickler`) for a worker; when it cannot
+    be, name the task whose arguments fail."""
     try:
-        return dumps(chunk)
+        return pickler(chunk)
     except Exception:
         pass
     for task in chunk.tasks():
         try:
-            dumps(task)
+            pickler(task)
         except Exception as exc:
             raise SerializationError(f"the arguments of task {task.index}", str(exc)) from exc
     raise SerializationError(f"the chunk of tasks {list(chunk.indices)}", "unknown reason")

@@ -1,0 +1,139 @@
+"""Pickling what a notebook's ``__main__`` defines, for workers whose ``__main__`` is another.
+
+A notebook, a REPL, ``python -c`` run in a ``__main__`` that has neither a file nor a module
+name, so a spawned or fork-server worker cannot re-create it: the standard pickler, which sends a
+function or a class as its name in ``__main__``, fails there. So such a function travels by value
+together with the globals it uses (dill's ``recurse``), and such a class travels by value with a
+tracker: each process keeps the classes it received under the bytes they came as. The copies of
+one class that reach a worker (with the function, with each chunk) are then one class there, and
+an instance that a worker returns is again an instance of the caller's own class.
+
+Under fork a worker inherits ``__main__``, and a script's ``__main__`` is imported by its spawned
+workers: the standard pickler serves both, and this module only improves dill's fallback for
+what it refuses. It imports dill; :mod:`.task` imports it only when needed.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import weakref
+from types import FunctionType
+from typing import Any
+
+import dill
+
+from .task import _undill
+
+__all__ = ["MainPickler", "SharedMainPickler", "SpawnPickler", "dill_dumps",
+           "main_is_importable", "tracked_class"]
+
+
+def main_is_importable() -> bool:
+    """Whether a spawned worker re-creates ``__main__``: it does from a file or a module name
+    (a script, ``python -m``), not for a notebook, a REPL or ``python -c``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(spec, "name", None) is not None or getattr(main, "__file__", None) is not None
+
+
+def _from_lost_main(obj: Any) -> bool:
+    """Whether ``obj`` (a class or a function) belongs to a ``__main__`` no worker can import."""
+    return getattr(obj, "__module__", None) == "__main__" and not main_is_importable()
+
+
+# A class that came by value, under the bytes it came as; weak, so a kept worker drops the classes
+# of a run once that run's objects are gone.
+_CLASSES: weakref.WeakValueDictionary[bytes, type] = weakref.WeakValueDictionary()
+# The bytes a received class came as, so that it goes back as the same bytes.
+_BLOBS: weakref.WeakKeyDictionary[type, bytes] = weakref.WeakKeyDictionary()
+# Classes being pickled by value right now: a reference back to one of them (a method that
+# builds its own class, two classes that use each other) is left to dill, inside the same bytes.
+_IN_PROGRESS: set[int] = set()
+
+
+def tracked_class(blob: bytes) -> type:
+    """The class that ``blob`` stands for here: the one sent or received as these bytes before,
+    else a new one built from them."""
+    cls = _CLASSES.get(blob)
+    if cls is None:
+        cls = dill.loads(blob)
+        _CLASSES[blob] = cls
+        _BLOBS[cls] = blob
+    return cls
+
+
+def _class_blob(cls: type) -> bytes:
+    # A class of this process is pickled afresh every time: a constant its methods use may have
+    # changed since the last run. Equal bytes give one class in a worker, new bytes a new one.
+    blob = _BLOBS.get(cls)
+    if blob is None:
+        _IN_PROGRESS.add(id(cls))
+        try:
+            blob = dill_dumps(MainPickler, cls)
+        finally:
+            _IN_PROGRESS.discard(id(cls))
+        _CLASSES[blob] = cls
+    return blob
+
+
+def dill_dumps(pickler_class: type[MainPickler], obj: Any) -> bytes:
+    """Pickle ``obj`` with ``pickler_class``, one of this module's dill picklers."""
+    buffer = io.BytesIO()
+    pickler_class(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+class MainPickler(dill.Pickler):  # type: ignore[misc]
+    """dill, for a process whose ``__main__`` is not this one's: functions of a lost
+    ``__main__`` carry the globals they use, and its classes are tracked."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and id(obj) not in _IN_PROGRESS and _from_lost_main(obj):
+            return tracked_class, (_class_blob(obj),)
+        return NotImplemented
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        # dill's recurse=True for these functions only: their globals are the caller's
+        # notebook, while a closure of an importable module keeps sharing that module's.
+        if type(obj) is FunctionType and not self._recurse and _from_lost_main(obj):
+            self._recurse = True
+            try:
+                super().save(obj, save_persistent_id)
+            finally:
+                self._recurse = False
+        else:
+            super().save(obj, save_persistent_id)
+
+
+class SharedMainPickler(MainPickler):
+    """dill, for a process that shares this one's ``__main__`` (a forked worker and its parent,
+    or a spawned worker answering its parent): what ``__main__`` holds goes by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if ((isinstance(obj, type) or type(obj) is FunctionType)
+                and obj.__module__ == "__main__"
+                and getattr(sys.modules["__main__"], obj.__qualname__, None) is obj):
+            return obj.__qualname__
+        return super().reducer_override(obj)
+
+
+class SpawnPickler(pickle.Pickler):
+    """The C pickler, sending the classes and functions of ``__main__`` by value; for a worker
+    that cannot import ``__main__``.
+
+    ``reducer_override`` is not called for ints, floats, strings, bytes, lists, tuples, dicts and
+    sets, so a chunk of plain values costs what it costs the standard pickler.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is FunctionType:
+            if obj.__module__ == "__main__":
+                return _undill, (dill_dumps(MainPickler, obj),)
+        elif isinstance(obj, type) and obj.__module__ == "__main__":
+            return tracked_class, (_class_blob(obj),)
+        return NotImplemented
