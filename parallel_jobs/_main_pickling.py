@@ -16,6 +16,7 @@ what it refuses. It imports dill; :mod:`.task` imports it only when needed.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import weakref
@@ -26,8 +27,8 @@ import dill
 
 from .task import _undill
 
-__all__ = ["MainPickler", "SharedMainPickler", "SpawnPickler", "dill_dumps",
-           "main_is_importable", "tracked_class"]
+__all__ = ["MainPickler", "SharedMainCPickler", "SharedMainPickler", "SpawnPickler",
+           "dill_dumps", "main_is_importable", "tracked_class"]
 
 
 def main_is_importable() -> bool:
@@ -43,39 +44,44 @@ def _from_lost_main(obj: Any) -> bool:
     return getattr(obj, "__module__", None) == "__main__" and not main_is_importable()
 
 
-# A class that came by value, under the bytes it came as; weak, so a kept worker drops the classes
-# of a run once that run's objects are gone.
+# Each tracked class has a token: random for a class of this process, the sender's for a
+# received one (kept with the bytes it came as, to send it back as is). Weak both ways, so a kept
+# worker drops the classes of a run once that run's objects are gone.
+_TOKENS: weakref.WeakKeyDictionary[type, tuple[bytes, bytes | None]] = (
+    weakref.WeakKeyDictionary())
 _CLASSES: weakref.WeakValueDictionary[bytes, type] = weakref.WeakValueDictionary()
-# The bytes a received class came as, so that it goes back as the same bytes.
-_BLOBS: weakref.WeakKeyDictionary[type, bytes] = weakref.WeakKeyDictionary()
 # Classes being pickled by value right now: a reference back to one of them (a method that
 # builds its own class, two classes that use each other) is left to dill, inside the same bytes.
 _IN_PROGRESS: set[int] = set()
 
 
-def tracked_class(blob: bytes) -> type:
-    """The class that ``blob`` stands for here: the one sent or received as these bytes before,
-    else a new one built from them."""
-    cls = _CLASSES.get(blob)
+def tracked_class(token: bytes, blob: bytes) -> type:
+    """The class that ``token`` stands for here: the one sent or received under it before,
+    else a new one built from ``blob``."""
+    cls = _CLASSES.get(token)
     if cls is None:
         cls = dill.loads(blob)
-        _CLASSES[blob] = cls
-        _BLOBS[cls] = blob
+        _CLASSES[token] = cls
+        _TOKENS[cls] = (token, blob)
     return cls
 
 
-def _class_blob(cls: type) -> bytes:
-    # A class of this process is pickled afresh every time: a constant its methods use may have
-    # changed since the last run. Equal bytes give one class in a worker, new bytes a new one.
-    blob = _BLOBS.get(cls)
+def _track(cls: type) -> tuple[Any, tuple[bytes, bytes]]:
+    """The reduction of ``cls`` by value, under its token."""
+    token, blob = _TOKENS.get(cls, (b"", None))
+    if not token:
+        token = os.urandom(16)
+        _TOKENS[cls] = (token, None)
+        _CLASSES[token] = cls
     if blob is None:
+        # A class of this process is pickled afresh each time: a constant that its methods
+        # use may have changed since the last run.
         _IN_PROGRESS.add(id(cls))
         try:
             blob = dill_dumps(MainPickler, cls)
         finally:
             _IN_PROGRESS.discard(id(cls))
-        _CLASSES[blob] = cls
-    return blob
+    return tracked_class, (token, blob)
 
 
 def dill_dumps(pickler_class: type[MainPickler], obj: Any) -> bytes:
@@ -85,16 +91,18 @@ def dill_dumps(pickler_class: type[MainPickler], obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-class MainPickler(dill.Pickler):  # type: ignore[misc]
+class MainPickler(dill.Pickler):
     """dill, for a process whose ``__main__`` is not this one's: functions of a lost
     ``__main__`` carry the globals they use, and its classes are tracked."""
+
+    _recurse: bool  # dill's setting, read by dill when it saves a function
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and id(obj) not in _IN_PROGRESS and _from_lost_main(obj):
-            return tracked_class, (_class_blob(obj),)
+            return _track(obj)
         return NotImplemented
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
@@ -115,15 +123,13 @@ class SharedMainPickler(MainPickler):
     or a spawned worker answering its parent): what ``__main__`` holds goes by name."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if ((isinstance(obj, type) or type(obj) is FunctionType)
-                and obj.__module__ == "__main__"
-                and getattr(sys.modules["__main__"], obj.__qualname__, None) is obj):
+        if (isinstance(obj, type) or type(obj) is FunctionType) and _found_in_main(obj):
             return obj.__qualname__
         return super().reducer_override(obj)
 
 
 class SpawnPickler(pickle.Pickler):
-    """The C pickler, sending the classes and functions of ``__main__`` by value; for a worker
+    """The C pickler, sending the classes and functions of ``__main__`` by value: for a worker
     that cannot import ``__main__``.
 
     ``reducer_override`` is not called for ints, floats, strings, bytes, lists, tuples, dicts and
@@ -131,9 +137,28 @@ class SpawnPickler(pickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is FunctionType:
-            if obj.__module__ == "__main__":
-                return _undill, (dill_dumps(MainPickler, obj),)
-        elif isinstance(obj, type) and obj.__module__ == "__main__":
-            return tracked_class, (_class_blob(obj),)
+        if isinstance(obj, type):
+            if self.by_value(obj):
+                return _track(obj)
+        elif type(obj) is FunctionType and self.by_value(obj):
+            return _undill, (dill_dumps(MainPickler, obj),)
         return NotImplemented
+
+    @staticmethod
+    def by_value(obj: type | FunctionType) -> bool:
+        """Whether ``obj``, a class or a function, is sent by value."""
+        return obj.__module__ == "__main__"
+
+
+class SharedMainCPickler(SpawnPickler):
+    """The C pickler, for a process that shares this one's ``__main__``: by value only what is
+    missing from a lost ``__main__`` (in a spawned worker, the classes it received by value)."""
+
+    @staticmethod
+    def by_value(obj: type | FunctionType) -> bool:
+        return _from_lost_main(obj) and not _found_in_main(obj)
+
+
+def _found_in_main(obj: type | FunctionType) -> bool:
+    return (obj.__module__ == "__main__"
+            and getattr(sys.modules["__main__"], obj.__qualname__, None) is obj)

@@ -149,8 +149,12 @@ def _assemble(loaded: Any) -> BaseException:
 def dumps(obj: Any) -> bytes:
     """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
 
-    For a process that shares this one's ``__main__``: a forked worker, or the parent a worker
-    answers (see :func:`dumps_for_spawned` for the others). What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
+    For a process that shares this one's ``__main__``: a forked worker, or the parent that a
+    worker answers (:func:`dumps_for_spawned` serves the others). What the C pickler refuses is
+    retried with the classes and functions that ``__main__`` lacks by value (a spawned worker's
+    copies of the caller's classes), then with dill.
+
+    What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
     pickles name modules that exist only once dill is imported, and the process reading them
     (a forked worker, or the parent of a run that pickled nothing exotic so far) may not have
     imported it.
@@ -163,9 +167,9 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        from ._main_pickling import SharedMainPickler, dill_dumps
+        from ._main_pickling import SharedMainCPickler, SharedMainPickler
 
-        return _dilled(dill_dumps(SharedMainPickler, obj))
+        return _pickle_with(SharedMainCPickler, SharedMainPickler, obj)
 
 
 def dumps_for_spawned(obj: Any) -> bytes:
@@ -180,19 +184,23 @@ def dumps_for_spawned(obj: Any) -> bytes:
         >>> pickle.loads(dumps_for_spawned([1, "a"]))
         [1, 'a']
     """
-    from ._main_pickling import MainPickler, SpawnPickler, dill_dumps, main_is_importable
+    from ._main_pickling import MainPickler, SpawnPickler, main_is_importable
 
     if main_is_importable():
         return dumps(obj)
+    return _pickle_with(SpawnPickler, MainPickler, obj)
+
+
+def _pickle_with(c_pickler: type[pickle.Pickler], dill_pickler: Any, obj: Any) -> bytes:
+    """Pickle ``obj`` with ``c_pickler``, else with ``dill_pickler``, wrapped."""
     buffer = io.BytesIO()
     try:
-        SpawnPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        c_pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return buffer.getvalue()
     except Exception:
-        return _dilled(dill_dumps(MainPickler, obj))
-    return buffer.getvalue()
+        from ._main_pickling import dill_dumps
 
-
-def _dilled(blob: bytes) -> bytes:
+        blob = dill_dumps(dill_pickler, obj)
     return pickle.dumps(_Dilled(blob), protocol=pickle.HIGHEST_PROTOCOL)
 
 
