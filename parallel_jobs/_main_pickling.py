@@ -66,19 +66,19 @@ def tracked_class(token: bytes, blob: bytes) -> type:
     return cls
 
 
-def _track(cls: type) -> tuple[Any, tuple[bytes, bytes]]:
-    """The reduction of ``cls`` by value, under its token."""
+def _track(cls: type, blobs: dict[Any, bytes]) -> tuple[Any, tuple[bytes, bytes]]:
+    """The reduction of ``cls`` by value, under its token; ``blobs`` keeps what was pickled."""
     token, blob = _TOKENS.get(cls, (b"", None))
     if not token:
         token = os.urandom(16)
         _TOKENS[cls] = (token, None)
         _CLASSES[token] = cls
     if blob is None:
-        # A class of this process is pickled afresh each time: a constant that its methods
-        # use may have changed since the last run.
+        blob = blobs.get(cls)
+    if blob is None:
         _IN_PROGRESS.add(id(cls))
         try:
-            blob = dill_dumps(MainPickler, cls)
+            blob = blobs[cls] = dill_dumps(MainPickler, cls)
         finally:
             _IN_PROGRESS.discard(id(cls))
     return tracked_class, (token, blob)
@@ -99,10 +99,11 @@ class MainPickler(dill.Pickler):
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.blobs: dict[Any, bytes] = {}
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and id(obj) not in _IN_PROGRESS and _from_lost_main(obj):
-            return _track(obj)
+            return _track(obj, self.blobs)
         return NotImplemented
 
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
@@ -134,14 +135,27 @@ class SpawnPickler(pickle.Pickler):
 
     ``reducer_override`` is not called for ints, floats, strings, bytes, lists, tuples, dicts and
     sets, so a chunk of plain values costs what it costs the standard pickler.
+
+    Args:
+        file: where the pickle goes.
+        blobs: what was pickled by value so far, by object; give every chunk of a run the same
+            dict, so that a class travels as the same bytes all run long and dill pickles it
+            once, while the next run takes the constants its methods use afresh.
     """
+
+    def __init__(self, file: io.BytesIO, blobs: dict[Any, bytes] | None = None) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.blobs = {} if blobs is None else blobs
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type):
             if self.by_value(obj):
-                return _track(obj)
+                return _track(obj, self.blobs)
         elif type(obj) is FunctionType and self.by_value(obj):
-            return _undill, (dill_dumps(MainPickler, obj),)
+            blob = self.blobs.get(obj)
+            if blob is None:
+                blob = self.blobs[obj] = dill_dumps(MainPickler, obj)
+            return _undill, (blob,)
         return NotImplemented
 
     @staticmethod

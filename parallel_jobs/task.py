@@ -169,15 +169,17 @@ def dumps(obj: Any) -> bytes:
     except Exception:
         from ._main_pickling import SharedMainCPickler, SharedMainPickler
 
-        return _pickle_with(SharedMainCPickler, SharedMainPickler, obj)
+        buffer = io.BytesIO()
+        return _pickle_with(SharedMainCPickler(buffer), buffer, SharedMainPickler, obj)
 
 
-def dumps_for_spawned(obj: Any) -> bytes:
+def dumps_for_spawned(obj: Any, blobs: dict[Any, bytes] | None = None) -> bytes:
     """Pickle for a worker that did not inherit this process's ``__main__`` (spawn, forkserver).
 
     Where ``__main__`` cannot be imported by such a worker (a notebook, a REPL, ``python -c``),
-    the classes and functions it defines travel by value (see :mod:`._main_pickling`); else this
-    is :func:`dumps`. Either way the C pickler does the work and dill only what it refuses.
+    the classes and functions it defines travel by value (see :mod:`._main_pickling`), pickled
+    once per ``blobs`` dict (one per run); else this is :func:`dumps`. Either way the C pickler
+    does the work and dill only what it refuses.
 
     Examples:
         >>> import pickle
@@ -188,14 +190,15 @@ def dumps_for_spawned(obj: Any) -> bytes:
 
     if main_is_importable():
         return dumps(obj)
-    return _pickle_with(SpawnPickler, MainPickler, obj)
-
-
-def _pickle_with(c_pickler: type[pickle.Pickler], dill_pickler: Any, obj: Any) -> bytes:
-    """Pickle ``obj`` with ``c_pickler``, else with ``dill_pickler``, wrapped."""
     buffer = io.BytesIO()
+    return _pickle_with(SpawnPickler(buffer, blobs), buffer, MainPickler, obj)
+
+
+def _pickle_with(c_pickler: pickle.Pickler, buffer: io.BytesIO, dill_pickler: Any,
+                 obj: Any) -> bytes:
+    """Pickle ``obj`` with ``c_pickler`` (writing to ``buffer``), else with ``dill_pickler``."""
     try:
-        c_pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        c_pickler.dump(obj)
         return buffer.getvalue()
     except Exception:
         from ._main_pickling import dill_dumps

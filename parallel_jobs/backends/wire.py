@@ -8,6 +8,7 @@ arguments of task 7, the result of task 3.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +21,10 @@ __all__ = ["chunk_pickler", "decode_batch", "encode_chunk", "pack_payload"]
 
 
 def chunk_pickler(forked: bool) -> Callable[[Any], bytes]:
-    """How to pickle chunks for workers that were forked from this process, or were not: those
-    cannot look up what a notebook's ``__main__`` defines, so it is sent by value."""
-    return dumps if forked else dumps_for_spawned
+    """How to pickle the chunks of one run for workers that were forked from this process, or
+    were not: those cannot look up what a notebook's ``__main__`` defines, so it is sent by
+    value (pickled once per run)."""
+    return dumps if forked else functools.partial(dumps_for_spawned, blobs={})
 
 
 def encode_chunk(chunk: Chunk, pickler: Callable[[Any], bytes] = dumps) -> bytes:
