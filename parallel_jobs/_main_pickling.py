@@ -174,5 +174,9 @@ class SharedMainCPickler(SpawnPickler):
 
 
 def _found_in_main(obj: type | FunctionType) -> bool:
-    return (obj.__module__ == "__main__"
-            and getattr(sys.modules["__main__"], obj.__qualname__, None) is obj)
+    if obj.__module__ != "__main__":
+        return False
+    found: Any = sys.modules["__main__"]
+    for name in obj.__qualname__.split("."):  # a class nested in a class is found in it
+        found = getattr(found, name, None)
+    return found is obj
