@@ -3,10 +3,10 @@
 A notebook, a REPL, ``python -c`` run in a ``__main__`` that has neither a file nor a module
 name, so a spawned or fork-server worker cannot re-create it: the standard pickler, which sends a
 function or a class as its name in ``__main__``, fails there. So such a function travels by value
-together with the globals it uses (dill's ``recurse``), and such a class travels by value with a
-tracker: each process keeps the classes it received under the bytes they came as. The copies of
-one class that reach a worker (with the function, with each chunk) are then one class there, and
-an instance that a worker returns is again an instance of the caller's own class.
+together with the globals it uses (dill's ``recurse``), and such a class travels by value under
+a token: each process keeps the classes it sent or received by token. The copies of one class
+that reach a worker (with the function, with each chunk) are then one class there, and an
+instance that a worker returns is again an instance of the caller's own class.
 
 Under fork a worker inherits ``__main__``, and a script's ``__main__`` is imported by its spawned
 workers: the standard pickler serves both, and this module only improves dill's fallback for

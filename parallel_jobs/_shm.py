@@ -52,7 +52,7 @@ def _dumpable() -> bool:
 
 
 class _SharingPickler(MainPickler):
-    # A MainPickler: a worker that gets the payload pickled did not inherit __main__.
+    # A MainPickler: the workers that unpickle the payload may not have the caller's __main__.
     def __init__(self, file: io.BytesIO, owner: SharedArrays) -> None:
         super().__init__(file)
         self._owner = owner
