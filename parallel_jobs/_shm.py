@@ -26,6 +26,8 @@ from typing import Any
 
 import dill
 
+from ._main_pickling import MainPickler
+
 __all__ = [
     "MIN_SHARED_BYTES",
     "SEGMENT_NAME",
@@ -57,9 +59,10 @@ def _dumpable() -> bool:
     return _prctl is None or _prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
 
 
-class _SharingPickler(dill.Pickler):
+class _SharingPickler(MainPickler):
+    # A MainPickler: the workers that unpickle the payload may not have the caller's __main__.
     def __init__(self, file: io.BytesIO, owner: SharedArrays) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(file)
         self._owner = owner
 
     def persistent_id(self, obj: Any) -> Any:

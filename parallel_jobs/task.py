@@ -12,6 +12,7 @@ imports nothing from the parent side.
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback as traceback_module
 import types
@@ -34,6 +35,7 @@ __all__ = [
     "Unloadable",
     "atomic_values",
     "dumps",
+    "dumps_for_spawned",
     "is_immutable",
     "own",
     "own_values",
@@ -275,6 +277,11 @@ def _assemble(loaded: Any) -> BaseException:
 def dumps(obj: Any) -> bytes:
     """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
 
+    For a process that shares this one's ``__main__``: a forked worker, or the parent that a
+    worker answers (:func:`dumps_for_spawned` serves the others). What the C pickler refuses is
+    retried with the classes and functions that ``__main__`` lacks by value (a spawned worker's
+    copies of the caller's classes), then with dill.
+
     What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
     pickles name modules that exist only once dill is imported, and the process reading them
     (a forked worker, or the parent of a run that pickled nothing exotic so far) may not have
@@ -288,10 +295,44 @@ def dumps(obj: Any) -> bytes:
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import dill
+        from ._main_pickling import SharedMainCPickler, SharedMainPickler
 
-        wrapped = _Dilled(dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-        return pickle.dumps(wrapped, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        return _pickle_with(SharedMainCPickler(buffer), buffer, SharedMainPickler, obj)
+
+
+def dumps_for_spawned(obj: Any, blobs: dict[Any, bytes] | None = None) -> bytes:
+    """Pickle for a worker that did not inherit this process's ``__main__`` (spawn, forkserver).
+
+    Where ``__main__`` cannot be imported by such a worker (a notebook, a REPL, ``python -c``),
+    the classes and functions it defines travel by value (see :mod:`._main_pickling`), pickled
+    once per ``blobs`` dict (one per run); else this is :func:`dumps`. Either way the C pickler
+    does the work and dill only what it refuses.
+
+    Examples:
+        >>> import pickle
+        >>> pickle.loads(dumps_for_spawned([1, "a"]))
+        [1, 'a']
+    """
+    from ._main_pickling import MainPickler, SpawnPickler, main_is_importable
+
+    if main_is_importable():
+        return dumps(obj)
+    buffer = io.BytesIO()
+    return _pickle_with(SpawnPickler(buffer, blobs), buffer, MainPickler, obj)
+
+
+def _pickle_with(c_pickler: pickle.Pickler, buffer: io.BytesIO, dill_pickler: Any,
+                 obj: Any) -> bytes:
+    """Pickle ``obj`` with ``c_pickler`` (writing to ``buffer``), else with ``dill_pickler``."""
+    try:
+        c_pickler.dump(obj)
+        return buffer.getvalue()
+    except Exception:
+        from ._main_pickling import dill_dumps
+
+        blob = dill_dumps(dill_pickler, obj)
+    return pickle.dumps(_Dilled(blob), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Dilled:

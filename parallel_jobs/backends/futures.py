@@ -28,7 +28,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import encode_chunk, pack_payload, pack_per_task
+from .wire import chunk_pickler, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
 
@@ -59,6 +59,9 @@ class FuturesBackend(Backend):
         super().__init__(options)
         self.max_chunk = 1 if options.timeout is not None else None
         self.context = multiprocessing.get_context(options.start_method)
+        # Chunks are pickled here, not by the executor: the standard pickler cannot send what a
+        # notebook's __main__ defines to a spawned worker.
+        self.pickle_chunk = chunk_pickler(self.context.get_start_method() == "fork")
         self.executor: cf.ProcessPoolExecutor | None = None
         self.blob = b""
         self.shared: Any = None
@@ -95,7 +98,7 @@ class FuturesBackend(Backend):
 
     def submit(self, chunk: Chunk) -> None:
         assert self.executor is not None
-        message = encode_chunk(chunk)
+        message = encode_chunk(chunk, self.pickle_chunk)
         self.futures[self.executor.submit(_run, message)] = (chunk, time.perf_counter())
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its

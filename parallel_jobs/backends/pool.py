@@ -46,7 +46,14 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import decode_batch, encode_chunk, needs_copies, pack_payload, pack_per_task
+from .wire import (
+    chunk_pickler,
+    decode_batch,
+    encode_chunk,
+    needs_copies,
+    pack_payload,
+    pack_per_task,
+)
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
 
@@ -255,6 +262,7 @@ class ProcessPoolBackend(Backend):
         self.context = module.get_context(self.start_method)
         # Forked workers inherit the payload, start with their first chunk and are never kept.
         self.forked = self.context.get_start_method() == "fork"
+        self.pickle_chunk = chunk_pickler(self.forked)
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
         self.wait = module.connection.wait
@@ -408,7 +416,7 @@ class ProcessPoolBackend(Backend):
             worker = None
         if worker is None:
             worker = self._spawn(number)
-        message = encode_chunk(chunk)
+        message = encode_chunk(chunk, self.pickle_chunk)
         try:
             worker.conn.send_bytes(message)
         except OSError:

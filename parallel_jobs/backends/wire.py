@@ -8,7 +8,9 @@ arguments of task 7, the result of task 3.
 
 from __future__ import annotations
 
+import functools
 import pickle
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import attrs
@@ -23,12 +25,13 @@ from ..task import (
     Unloadable,
     atomic_values,
     dumps,
+    dumps_for_spawned,
     is_immutable,
-    own_values,
 )
 from .base import chunk_failed
 
 __all__ = [
+    "chunk_pickler",
     "decode_batch",
     "encode_chunk",
     "needs_copies",
@@ -37,34 +40,52 @@ __all__ = [
 ]
 
 
-def encode_chunk(chunk: Chunk) -> bytes:
-    """Pickle ``chunk`` for a worker; when it cannot be, name the task whose arguments fail.
+def chunk_pickler(forked: bool) -> Callable[[Any], bytes]:
+    """How to pickle the chunks of one run for workers that were forked from this process, or
+    were not: those cannot look up what a notebook's ``__main__`` defines, so it is sent by
+    value (pickled once per run)."""
+    return dumps if forked else functools.partial(dumps_for_spawned, blobs={})
+
+
+def encode_chunk(chunk: Chunk, pickler: Callable[[Any], bytes] = dumps) -> bytes:
+    """Pickle ``chunk`` with ``pickler`` (see :func:`chunk_pickler`) for a worker; when it cannot
+    be, name the task whose arguments fail.
 
     Each task's values that could be shared with another task's (anything but numbers and
     strings) are pickled on their own, so that no two tasks are handed one object.
     """
     try:
-        return dumps(_owned(chunk))
+        return pickler(_owned(chunk, pickler))
     except Exception:
         pass
     for task in chunk.tasks():
         try:
-            dumps(task)
+            pickler(task)
         except Exception as exc:
             raise SerializationError(f"the arguments of task {task.index}", str(exc)) from exc
     raise SerializationError(f"the chunk of tasks {list(chunk.indices)}", "unknown reason")
 
 
-def _owned(chunk: Chunk) -> Chunk:
-    itervals = None if chunk.itervals is None else own_values(chunk.itervals)
+def _owned(chunk: Chunk, pickler: Callable[[Any], bytes]) -> Chunk:
+    """``chunk`` with each task's values that could alias another task's in a pickle of its
+    own; the chunk itself when all are numbers and strings (one C-speed pass)."""
+    itervals = chunk.itervals
+    if itervals is not None and (len(itervals) < 2 or atomic_values(itervals)):
+        itervals = None
     iterkwargs = chunk.iterkwargs
-    if iterkwargs is not None and len(iterkwargs) > 1 and not all(
+    if iterkwargs is not None and (len(iterkwargs) < 2 or all(
         atomic_values(tuple(values.values())) for values in iterkwargs
-    ):
-        iterkwargs = [Own(dumps(values)) for values in iterkwargs]  # type: ignore[misc]
-    elif itervals is None:
+    )):
+        iterkwargs = None
+    if itervals is None and iterkwargs is None:
         return chunk
-    return Chunk(chunk.indices, itervals or chunk.itervals, iterkwargs, owned=True)
+    if itervals is not None:
+        itervals = [value if atomic_values((value,)) else Own(pickler(value))
+                    for value in itervals]
+    if iterkwargs is not None:
+        iterkwargs = [Own(pickler(values)) for values in iterkwargs]  # type: ignore[misc]
+    return Chunk(chunk.indices, itervals or chunk.itervals, iterkwargs or chunk.iterkwargs,
+                 owned=True)
 
 
 def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
