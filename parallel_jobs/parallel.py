@@ -976,7 +976,7 @@ def parallelize(
         capture: keep what each task prints to stdout (``Parallel.stdout``) instead of
             printing it; not with the 'thread' parallelizer, whose tasks share one stdout.
         die: stop at the first failure and raise it (as its own type); with False, run every
-            task and leave None in the results of failed ones.
+            task, and a failed task's result is its exception (as in sciris).
         lbkwargs: sciris' load-balancer options as a dict: ``maxcpu``, ``maxmem`` and
             ``interval`` (the arguments of those names win unless None); ``cpu_interval``,
             ``maxtime``, ``label`` and ``verbose`` are accepted and ignored.

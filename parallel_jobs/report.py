@@ -269,11 +269,13 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     info = summarize(parallel, slowest)
     console = console if console is not None else Console()
     title = f"{info['label']}: " if info["label"] else ""
-    overview = Table(title=f"{title}{info['njobs']} tasks on {info['ncpus']} workers",
+    # A Text, not a str: the label is the user's, never rich markup ("fit [1/3]").
+    overview = Table(title=Text(f"{title}{info['njobs']} tasks on {info['ncpus']} workers"),
                      show_header=False)
     overview.add_column(style="bold")
     overview.add_column(justify="right")

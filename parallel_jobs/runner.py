@@ -398,10 +398,12 @@ class Runner:
             "args": args,
             "kwargs": kwargs,
             "globaldict": self.payload.kwargs.get("globaldict"),
-            "outdict": {
+            "outdict": {  # the keys of sciris' outdict
                 "result": store.values[index],
                 "success": store.state[index] == SUCCEEDED,
+                "skipped": False,
                 "exception": store.exception(index),
+                "stdout": "" if store.stdout is None else store.stdout[index],
                 "elapsed": elapsed,
             },
             "stop": False,

@@ -299,7 +299,7 @@ def test_callback_is_called_once_per_task_with_what_happened() -> None:
         assert data["kwargs"] == {"bad": 3}
         assert data["globaldict"] is None
         outdict = data["outdict"]
-        assert set(outdict) == {"result", "success", "exception", "elapsed"}
+        assert set(outdict) == {"result", "success", "skipped", "exception", "stdout", "elapsed"}
         assert outdict["elapsed"] >= 0
         if value == 3:
             # sciris: "store the exception as the result"

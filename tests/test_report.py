@@ -379,3 +379,15 @@ def test_the_log_tells_of_the_concurrent_futures_pool(caplog: pytest.LogCaptureF
     messages = [r.getMessage() for r in caplog.records if r.name == "parallel_jobs"]
     assert "started a concurrent.futures pool of 2 processes" in messages
     assert messages[-1] == "stopped the concurrent.futures pool"
+
+
+def test_a_label_is_shown_as_written_never_read_as_markup() -> None:
+    import io
+
+    from rich.console import Console
+
+    label = "fit [/] [bold]x [1/3]"
+    P = Parallel(abs, [-1, 2], parallelizer="serial", label=label).run()
+    console = Console(file=io.StringIO(), width=120)
+    P.report(console)
+    assert label in console.file.getvalue()  # type: ignore[attr-defined]
