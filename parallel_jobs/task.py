@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import traceback as traceback_module
 import types
 from array import array
@@ -120,7 +121,10 @@ def is_immutable(value: Any, depth: int = 0) -> bool:
         return depth < 8 and all(is_immutable(item, depth + 1) for item in value)
     if kind is types.FunctionType:
         return value.__closure__ is None
-    return kind in _BY_REFERENCE
+    if kind in _BY_REFERENCE:
+        return True
+    np = sys.modules.get("numpy")  # NumPy's scalars (np.float64, ...) are values too
+    return np is not None and isinstance(value, np.generic) and not isinstance(value, np.void)
 
 
 _BY_REFERENCE = frozenset({
@@ -179,7 +183,7 @@ def own(value: Any) -> Any:
     Raises:
         Exception: whatever pickling ``value`` raises.
     """
-    return value if type(value) in _ATOMIC else Own(dumps(value))
+    return value if is_immutable(value) else Own(dumps(value))
 
 
 def own_values(values: Sequence[Any]) -> list[Any] | None:

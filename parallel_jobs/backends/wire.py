@@ -70,22 +70,27 @@ def _owned(chunk: Chunk, pickler: Callable[[Any], bytes]) -> Chunk:
     """``chunk`` with each task's values that could alias another task's in a pickle of its
     own; the chunk itself when all are numbers and strings (one C-speed pass)."""
     itervals = chunk.itervals
-    if itervals is not None and (len(itervals) < 2 or atomic_values(itervals)):
+    if itervals is not None and (len(itervals) < 2 or atomic_values(itervals)
+                                 or all(map(is_immutable, itervals))):
         itervals = None
     iterkwargs = chunk.iterkwargs
     if iterkwargs is not None and (len(iterkwargs) < 2 or all(
-        atomic_values(tuple(values.values())) for values in iterkwargs
+        _immutable_values(values) for values in iterkwargs
     )):
         iterkwargs = None
     if itervals is None and iterkwargs is None:
         return chunk
     if itervals is not None:
-        itervals = [value if atomic_values((value,)) else Own(pickler(value))
-                    for value in itervals]
+        itervals = [value if is_immutable(value) else Own(pickler(value)) for value in itervals]
     if iterkwargs is not None:
         iterkwargs = [Own(pickler(values)) for values in iterkwargs]  # type: ignore[misc]
     return Chunk(chunk.indices, itervals or chunk.itervals, iterkwargs or chunk.iterkwargs,
                  owned=True)
+
+
+def _immutable_values(values: Any) -> bool:
+    items = tuple(values.values())
+    return atomic_values(items) or all(map(is_immutable, items))
 
 
 def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
