@@ -199,7 +199,22 @@ IGNORED_LBKWARGS = frozenset({"cpu_interval", "maxtime", "label", "verbose"})
 _LOAD_OPTIONS = ("maxcpu", "maxmem", "interval")
 
 
-def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> dict[str, Any]:
+class _AttrDict(dict[str, Any]):
+    """A dict whose keys read as attributes too (``P.lbkwargs.maxcpu``), as sciris' objdict.
+
+    Examples:
+        >>> _AttrDict(maxcpu=0.7).maxcpu
+        0.7
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> _AttrDict:
     """sciris' merge: a key of ``lbkwargs`` wins over an explicit argument that is None."""
     if lbkwargs is None:
         lbkwargs = {}
@@ -216,7 +231,7 @@ def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> dict[str, Any]:
             msg = f"lbkwargs has no option {key!r}{hint}"
             raise TypeError(msg)
     given = {key: value for key, value in explicit.items() if value is not None}
-    return {**explicit, **lbkwargs, **given}
+    return _AttrDict({**explicit, **lbkwargs, **given})
 
 
 def _check_option_typos(func: Callable[..., Any], func_kwargs: Mapping[str, Any]) -> None:
@@ -942,7 +957,6 @@ def parallelize(
     lbkwargs: Mapping[str, Any] | None = None,
     start_method: str | None = None,
     *,
-    label: str | None = None,
     timeout: float | None = None,
     retries: int = 0,
     chunksize: int | None = None,
@@ -981,7 +995,6 @@ def parallelize(
             ``interval`` (the arguments of those names win unless None); ``cpu_interval``,
             ``maxtime``, ``label`` and ``verbose`` are accepted and ignored.
         start_method: 'fork', 'spawn' or 'forkserver' for the process backends.
-        label: a name for the progress bar and reports.
         timeout: seconds each task may run; an overrunning task fails with TaskTimeoutError.
             None, ``inf`` or 24.8 days or more: no limit.
         retries: run a failed task up to this many more times.
@@ -1004,7 +1017,7 @@ def parallelize(
     """
     parallel = Parallel(
         func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
-        serial, progress, callback, globaldict, label, capture, die, lbkwargs, start_method,
+        serial, progress, callback, globaldict, None, capture, die, lbkwargs, start_method,
         timeout=timeout, retries=retries, chunksize=chunksize, keep_records=keep_records,
         **func_kwargs,
     )

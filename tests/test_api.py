@@ -350,7 +350,8 @@ def test_callback_stop_starts_no_further_tasks(parallelizer: str) -> None:
 
 
 def test_progress_bar_is_drawn_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
-    assert parallelize(jobs.square, [1, 2, 3], progress=True, label="squares") == [1, 4, 9]
+    assert Parallel(jobs.square, [1, 2, 3], progress=True, label="squares").run().results == [
+        1, 4, 9]
     captured = capfd.readouterr()
     assert "squares" in captured.err  # the bar's format belongs to test_progress.py
     assert captured.out == ""

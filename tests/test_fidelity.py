@@ -295,3 +295,17 @@ def test_capture_keeps_the_output_of_a_task_that_failed() -> None:
 def test_without_capture_stdout_is_empty_for_each_task_as_in_sciris() -> None:
     P = Parallel(abs, range(2), parallelizer="serial").run()
     assert P.stdout == ["", ""]
+
+
+# -- small things sciris code relies on -----------------------------------------------------------
+
+
+def test_lbkwargs_read_as_attributes_as_sciris_objdict() -> None:
+    assert Parallel(abs, 10, lbkwargs={"maxcpu": 0.7}).lbkwargs.maxcpu == 0.7
+
+
+def test_a_label_given_to_parallelize_goes_to_the_function_as_in_sciris() -> None:
+    def labelled(x: int, label: str) -> str:
+        return f"{label}{x}"
+
+    assert parallelize(labelled, [1, 2], parallelizer="serial", label="run") == ["run1", "run2"]
