@@ -468,6 +468,25 @@ def test_fast_backend_abandons_an_overrunning_task_and_kills_it_at_the_end() -> 
     assert error.stopped is False
 
 
+@pytest.mark.timeout(40)
+def test_fast_backend_times_tasks_from_their_start_not_their_wait(start_method: str) -> None:
+    # Two tasks hang and hold both processes: the 20 quick ones must neither wait behind them
+    # in the executor's queue nor be charged for that wait (issue 11 item 5). Under spawn, a
+    # process's start-up is not charged either.
+    seconds = [30.0, 30.0] + [0.01] * 20
+    P = Parallel(jobs.sleep_for, seconds, timeout=1.0, parallelizer="fast", ncpus=2,
+                 die=False, start_method=start_method)
+    started = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="only 20 of 22"):
+        P.run()
+    assert time.perf_counter() - started < 20
+    assert P.success == [False, False] + [True] * 20
+    for error in P.exceptions[:2]:
+        assert isinstance(error, TaskTimeoutError)
+        assert error.stopped is False
+    assert all(1.0 <= r.elapsed < 5.0 for r in P.task_results[:2])
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("how", ["exit", "kill"])
 def test_fast_backend_survives_a_crash(how: str) -> None:
