@@ -209,6 +209,43 @@ def test_a_chunk_that_killed_its_worker_is_rerun_task_by_task(fragile_client: Cl
     assert (tmp_path / "runs").read_text() == "xx"
 
 
+@pytest.mark.timeout(120)
+def test_a_task_that_kills_every_worker_it_meets_fails_alone() -> None:
+    # Issue 11 item 6: dask's default allows 3 deaths per task, so the task kills both workers
+    # of the cluster and the payload with them; each resend used to reset dask's count, and
+    # the run died with "No valid workers found", die=False notwithstanding.
+    cluster = LocalCluster(**CLUSTER)
+    client = Client(cluster, set_as_default=False)
+    try:
+        P = Parallel(jobs.die_on, range(6), bad=3, die=False, parallelizer=client)
+        with pytest.warns(RuntimeWarning, match="only 5 of 6"):
+            P.run()
+    finally:
+        client.close()
+        cluster.close()
+    assert P.results == [0, 1, 4, None, 16, 25]
+    error = P.exceptions[3]
+    assert isinstance(error, WorkerCrashedError)
+    assert error.index == 3
+    assert "alone" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_timeout_counts_from_the_start_and_hung_tasks_keep_their_threads(
+        client: Client) -> None:
+    # Issue 11 item 5: two tasks overrun and hold both worker threads for 4 s. The quick tasks
+    # must wait for a free thread rather than queue behind them and "time out" meanwhile.
+    seconds = [4.0, 4.0] + [0.01] * 6
+    P = Parallel(jobs.sleep_for, seconds, timeout=1.0, die=False, parallelizer=client)
+    with pytest.warns(RuntimeWarning, match="only 6 of 8"):
+        P.run()
+    assert P.success == [False, False] + [True] * 6
+    for error in P.exceptions[:2]:
+        assert isinstance(error, TaskTimeoutError)
+    assert min(r.started for r in P.task_results[2:]) >= max(
+        r.started for r in P.task_results[:2]) + 3.0
+
+
 # -- where tasks run ----------------------------------------------------------------------------
 
 
