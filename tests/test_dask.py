@@ -23,7 +23,7 @@ from distributed import Client, LocalCluster, get_client
 
 from parallel_jobs import Parallel, parallelize
 from parallel_jobs.backends.dask import INSTALL_HINT
-from parallel_jobs.errors import TaskTimeoutError, WorkerCrashedError
+from parallel_jobs.errors import RemoteTraceback, TaskTimeoutError, WorkerCrashedError
 from tests import jobs
 
 CLUSTER = {
@@ -207,6 +207,22 @@ def test_a_chunk_that_killed_its_worker_is_rerun_task_by_task(fragile_client: Cl
                  chunksize=3, parallelizer=fragile_client).run()
     assert P.results == [0, 1, 2]
     assert (tmp_path / "runs").read_text() == "xx"
+
+
+@pytest.mark.parametrize("func", [jobs.raise_base, jobs.raise_broken_str])
+def test_a_base_exception_or_a_broken_str_fails_its_task_only(client: Client,
+                                                              func: Any) -> None:
+    # Issue 11 items 3 and 4: a task's SystemExit, or an exception whose __str__ raises, is
+    # that task's failure, with the worker's traceback as its cause (issue 10).
+    kwargs = {"kind": "SystemExit"} if func is jobs.raise_base else {}
+    P = Parallel(func, range(4), kwargs=kwargs, die=False, parallelizer=client)
+    with pytest.warns(RuntimeWarning, match="only 3 of 4"):
+        P.run()
+    assert P.success == [True, True, False, True]
+    error = P.exceptions[2]
+    assert type(error) is (SystemExit if func is jobs.raise_base else jobs.BrokenStrError)
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert func.__name__ in error.__cause__.text
 
 
 @pytest.mark.timeout(120)
