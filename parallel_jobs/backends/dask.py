@@ -122,7 +122,9 @@ def _tell(topic: str | None, started: bool) -> None:
         from distributed import get_worker
 
         worker = get_worker()
-        worker.log_event(topic, {"key": worker.get_current_task(), "started": started})
+        message = {"key": worker.get_current_task(), "started": started,
+                   "worker": worker.address}
+        worker.log_event(topic, message)
 
 
 class _Submitted:
@@ -194,10 +196,11 @@ class DaskBackend(Backend):
         self.capacity = self.per_thread
         self.recount_at = 0.0
         self.local_offset = _wall_offset()
-        # With a timeout: when each running chunk started (by key, this process's clock), and
-        # the keys of abandoned chunks still holding a worker thread.
+        # With a timeout: when each running chunk started (by key, this process's clock) and
+        # on which worker, and the keys of abandoned chunks still holding a worker thread.
         self.topic: str | None = None
         self.started: dict[str, float] = {}
+        self.worker_of: dict[str, str] = {}
         self.hung: set[str] = set()
         self.starved = False
         # Tasks in flight when a worker died, to be run again one at a time; those of them
@@ -230,8 +233,10 @@ class DaskBackend(Backend):
         key = message["key"]
         if message["started"]:
             self.started[key] = time.perf_counter()
+            self.worker_of[key] = message["worker"]
             return
         self.started.pop(key, None)
+        self.worker_of.pop(key, None)
         if key in self.hung:
             self.hung.discard(key)
             self.finished.put((None, None))  # a thread is free: wake collect()
@@ -275,9 +280,14 @@ class DaskBackend(Backend):
         now = time.monotonic()
         if now >= self.recount_at:
             self.recount_at = now + RECOUNT_SECONDS
-            threads = sum(self.client.nthreads().values())
+            nthreads = self.client.nthreads()
+            threads = sum(nthreads.values())
             # With no worker yet (a cluster still scaling up), one chunk waits in the scheduler.
             self.capacity = self.per_thread * max(1, threads)
+            # A hung task whose worker has gone (it died, or was restarted) holds no thread.
+            for key in list(self.hung):  # a copy: the client's event loop discards keys too
+                if self.worker_of.get(key) not in nthreads:
+                    self.hung.discard(key)
         free = max(0, self.capacity - len(self.futures) - len(self.hung))
         # Hung tasks hold every thread: until one ends, they count as in flight, so that the
         # Runner waits in collect() instead of asking again at once.
@@ -408,8 +418,8 @@ class DaskBackend(Backend):
         batches = []
         for key, flight in list(self.futures.items()):
             started = self.started.get(key)
-            if started is None or now - started < limit:
-                continue
+            if started is None or now - started < limit or flight.future.done():
+                continue  # not started, in time, or finished and on its way to collect()
             del self.futures[key]
             # Until it ends (its event says so), it holds a worker thread.
             self.hung.add(key)
