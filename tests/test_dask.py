@@ -25,6 +25,7 @@ from parallel_jobs import Parallel, parallelize
 from parallel_jobs.backends.dask import INSTALL_HINT
 from parallel_jobs.errors import RemoteTraceback, TaskTimeoutError, WorkerCrashedError
 from tests import jobs
+from tests.conftest import returned
 
 CLUSTER = {
     "n_workers": 2,
@@ -150,7 +151,7 @@ def test_die_false_records_every_failure(client: Client) -> None:
     P = Parallel(jobs.fail_on, range(6), die=False, parallelizer=client)
     with pytest.warns(RuntimeWarning, match="only 5 of 6 tasks succeeded"):
         P.run()
-    assert P.results == [0, 1, 2, None, 4, 5]
+    assert returned(P) == [0, 1, 2, None, 4, 5]
     assert P.success == [True, True, True, False, True, True]
     assert isinstance(P.exceptions[3], ValueError)
     assert "fail_on" in P.task_results[3].traceback
@@ -178,7 +179,7 @@ def test_timeout_cancels_the_task_and_says_it_may_still_run(client: Client,
     assert isinstance(error, TaskTimeoutError)
     assert error.stopped is False
     assert "may still be running" in str(error)
-    assert P.results == [0, None, 2, 3]
+    assert returned(P) == [0, None, 2, 3]
     assert P.task_results[1].elapsed >= 1.0
 
 
@@ -190,7 +191,7 @@ def test_a_crashing_task_costs_only_itself(fragile_client: Client) -> None:
                  parallelizer=fragile_client)
     with pytest.warns(RuntimeWarning, match="only 5 of 6"):
         P.run()
-    assert P.results == [0, 1, 4, None, 16, 25]
+    assert returned(P) == [0, 1, 4, None, 16, 25]
     error = P.exceptions[3]
     assert isinstance(error, WorkerCrashedError)
     assert error.index == 3
@@ -239,7 +240,7 @@ def test_a_task_that_kills_every_worker_it_meets_fails_alone() -> None:
     finally:
         client.close()
         cluster.close()
-    assert P.results == [0, 1, 4, None, 16, 25]
+    assert returned(P) == [0, 1, 4, None, 16, 25]
     error = P.exceptions[3]
     assert isinstance(error, WorkerCrashedError)
     assert error.index == 3

@@ -27,7 +27,7 @@ from parallel_jobs import (
     parallelize,
 )
 from tests import jobs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, returned
 
 BACKENDS = [None, "multiprocessing", "fast", "thread", "serial"]
 IN_PROCESS = {"thread", "serial"}
@@ -67,16 +67,13 @@ def test_a_base_exception_fails_only_its_task_as_its_own_type(parallelizer: str 
     P = Parallel(jobs.raise_base, range(5), kind=kind, ncpus=2, chunksize=2, die=False,
                  parallelizer=parallelizer)
     run_tolerant(P)
-    assert P.results[:2] == [0, 1]
-    assert P.results[3:] == [3, 4]
-    assert P.success == [True, True, False, True, True]
+    assert returned(P) == [0, 1, None, 3, 4]
     error = P.exceptions[2]
     assert type(error) is BASE_EXCEPTIONS[kind]
     if kind == "SystemExit":
         assert error.args == (3,)
     else:
         assert "task 2" in str(error)
-    assert P.results[2] is error or P.results[2] is None
     if parallelizer not in IN_PROCESS:
         check_remote_cause(error, 2, "raise_base")
 
@@ -103,7 +100,7 @@ def test_the_callers_own_signal_in_a_serial_task_stops_the_run(signum: int) -> N
                  parallelizer="serial")
     with pytest.raises(KeyboardInterrupt):
         P.run()
-    assert P.results == [0, None, None, None]
+    assert P.results == [0, None, None, None]  # task 1 was stopped, not failed
     assert P.skipped == [False, True, True, True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -118,7 +115,7 @@ def test_an_exception_whose_str_raises_fails_its_task_with_type_and_traceback(
     P = Parallel(jobs.raise_broken_str, range(4), ncpus=2, die=False,
                  parallelizer=parallelizer)
     run_tolerant(P)
-    assert P.results == [0, 1, None, 3]
+    assert returned(P) == [0, 1, None, 3]
     error = P.exceptions[2]
     assert type(error) is jobs.BrokenStrError
     assert error.args == (2,)
@@ -148,7 +145,7 @@ def test_an_uncopyable_task_value_fails_that_task_named(parallelizer: str) -> No
     P = Parallel(jobs.value_and_pid, values, ncpus=2, die=False, parallelizer=parallelizer)
     run_tolerant(P)
     assert P.success == [True, True, False, True]
-    assert [r[0] for r in P.results if r is not None] == [1, 2, 4]
+    assert [r[0] for r in returned(P) if r is not None] == [1, 2, 4]
     error = P.exceptions[2]
     assert isinstance(error, SerializationError)
     assert isinstance(error, TypeError)
@@ -239,7 +236,7 @@ def test_exceptions_carry_the_workers_traceback_with_die_false(
     error = P.exceptions[1]
     assert type(error) is ValueError
     check_remote_cause(error, 1, "fail_on")
-    assert P.results[1] is error or P.results[1] is None
+    assert returned(P) == [1, None, 5]
 
 
 @pytest.mark.timeout(60)

@@ -206,7 +206,9 @@ def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
              for key, value in values.items()}
             for index, values in zip(chunk.indices, iterkwargs, strict=True)
         ]
-    return Payload(payload.func, args, kwargs), Chunk(chunk.indices, itervals, iterkwargs)
+    # evolve: the payload's other settings (capture, seeding) and the chunk's hold on.
+    return (attrs.evolve(payload, args=args, kwargs=kwargs),
+            attrs.evolve(chunk, itervals=itervals, iterkwargs=iterkwargs))
 
 
 def _copy(value: Any, what: str) -> Any:
