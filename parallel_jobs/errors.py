@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "CallerInterrupt",
     "ExceptionCollector",
     "ParallelJobsError",
     "RemoteTaskError",
@@ -23,6 +24,8 @@ __all__ = [
     "UnknownParallelizerError",
     "WorkerCrashedError",
     "annotate",
+    "attach_remote_traceback",
+    "exception_text",
 ]
 
 
@@ -74,17 +77,21 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
         exitcode: the worker's exit status as ``multiprocessing`` reports it (minus the signal
             number when a signal killed it), or None when the backend cannot tell.
         signal: the name of the signal that killed the worker (``'SIGKILL'``), or None.
+        detail: what the backend adds about the crash, or ``""``.
+        task: the task's own values, shortened (``"(5, 'a')"``), or ``""`` when not known.
     """
 
-    def __init__(self, index: int | None, exitcode: int | None, detail: str = "") -> None:
+    def __init__(self, index: int | None, exitcode: int | None, detail: str = "",
+                 task: str = "") -> None:
         self.index = index
         self.exitcode = exitcode
         self.signal = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
         self.detail = detail
-        super().__init__(index, exitcode, detail)
+        self.task = task
+        super().__init__(index, exitcode, detail, task)
 
     def __str__(self) -> str:
-        where = f"task {self.index}" if self.index is not None else "a task"
+        where = _task_words(self.index, self.task)
         if self.signal is not None:
             cause = _LIKELY_CAUSE.get(self.signal, f"signal {self.signal}")
             how = f"was killed by {self.signal} (exit code {self.exitcode}): likely {cause}"
@@ -103,7 +110,14 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
         return f"the worker process running {where} {how}.{extra}{hint}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.exitcode, self.detail))
+        return (type(self), (self.index, self.exitcode, self.detail, self.task))
+
+
+def _task_words(index: int | None, task: str) -> str:
+    """``'task 3 (5, 'a')'``: the task's index and, when known, its values."""
+    if index is None:
+        return "a task"
+    return f"task {index} {task}" if task else f"task {index}"
 
 
 class TaskTimeoutError(ParallelJobsError, TimeoutError):
@@ -113,44 +127,53 @@ class TaskTimeoutError(ParallelJobsError, TimeoutError):
         index: the index of the task.
         timeout: the limit in seconds that it overran.
         stopped: whether its worker could be stopped (threads cannot be).
+        task: the task's own values, shortened (``"(5, 'a')"``), or ``""`` when not known.
     """
 
-    def __init__(self, index: int, timeout: float, stopped: bool = True) -> None:
+    def __init__(self, index: int, timeout: float, stopped: bool = True, task: str = "") -> None:
         self.index = index
         self.timeout = timeout
         self.stopped = stopped
-        super().__init__(index, timeout, stopped)
+        self.task = task
+        super().__init__(index, timeout, stopped, task)
 
     def __str__(self) -> str:
-        msg = f"task {self.index} ran for longer than its timeout of {self.timeout:g} s"
+        where = _task_words(self.index, self.task)
+        msg = f"{where} ran for longer than its timeout of {self.timeout:g} s"
         if self.stopped:
-            return f"{msg}; its worker was stopped and replaced"
+            # Not "and replaced": when this error ends the run, nothing replaces the worker.
+            return f"{msg}; its worker was stopped"
         return (
             f"{msg}; this backend cannot stop a running task, so it was abandoned and may still "
             "be running in the background (use the default process backend to have it stopped)"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.timeout, self.stopped))
+        return (type(self), (self.index, self.timeout, self.stopped, self.task))
 
 
 class SerializationError(ParallelJobsError, TypeError):
-    """Something could not be pickled to cross a process boundary.
+    """Something could not be pickled to cross a process boundary, or deep-copied for a
+    '-copy' parallelizer (copying uses the same protocol as pickling).
 
     Attributes:
         what: which object failed ("the function", "the return value of task 3", ...).
+        reason: the error that pickling or copying it raised.
+        action: what could not be done with it.
     """
 
-    def __init__(self, what: str, reason: str) -> None:
+    def __init__(self, what: str, reason: str,
+                 action: str = "pickled to send between processes") -> None:
         self.what = what
         self.reason = reason
-        super().__init__(what, reason)
+        self.action = action
+        super().__init__(what, reason, action)
 
     def __str__(self) -> str:
-        return f"{self.what} cannot be pickled to send between processes: {self.reason}"
+        return f"{self.what} cannot be {self.action}: {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.what, self.reason))
+        return (type(self), (self.what, self.reason, self.action))
 
 
 class RemoteTaskError(ParallelJobsError):
@@ -179,7 +202,8 @@ class RemoteTaskError(ParallelJobsError):
 
 
 class RemoteTraceback(Exception):
-    """Carries a worker's traceback text; set as the ``__cause__`` of a re-raised task error."""
+    """Carries a worker's traceback text; set as the ``__cause__`` of a task's exception that
+    crossed back from another process."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -189,32 +213,54 @@ class RemoteTraceback(Exception):
         return self.text
 
 
+class CallerInterrupt(KeyboardInterrupt):
+    """The caller's own Ctrl-C (or SIGTERM), raised inside a task that runs in the caller's
+    thread ('serial'). It stops the run; a KeyboardInterrupt the task raises itself does not,
+    and fails that task only."""
+
+
+def exception_text(exception: BaseException) -> str:
+    """``str(exception)``, or a stand-in when its ``__str__`` raises: a broken ``__str__`` in a
+    task's exception class must not break the run that records it."""
+    try:
+        return str(exception)
+    except Exception as error:
+        return f"<str() of {type(exception).__qualname__} failed: {type(error).__name__}>"
+
+
+def attach_remote_traceback(exception: BaseException, index: int, traceback: str) -> None:
+    """Set the worker's ``traceback`` as the cause of ``exception``, task ``index``'s failure,
+    when it crossed back from another process (it then has no traceback of its own)."""
+    if exception.__cause__ is None and exception.__traceback__ is None and traceback:
+        exception.__cause__ = RemoteTraceback(
+            f"\n\nTask {index} raised this in its worker:\n\n{traceback}"
+        )
+
+
 class ExceptionCollector:
     """Decides what a task's final failure means for the run.
 
     With ``die=True`` the first failure ends the run: :meth:`add` raises it, as the task's own
-    exception type, with the worker's traceback as its cause and a note naming the task. With
-    ``die=False`` failures are only counted.
+    exception type, with a note naming the task and its values. With ``die=False`` failures
+    are only counted.
     """
 
     def __init__(self, die: bool) -> None:
         self.die = die
         self.count = 0
 
-    def add(self, index: int, exception: BaseException, traceback: str) -> None:
-        """Record the final failure of task ``index``; raise it if the run must stop."""
+    def add(self, index: int, exception: BaseException, task: str) -> None:
+        """Record the final failure of task ``index``, whose values read ``task``; raise it if
+        the run must stop."""
         self.count += 1
         if self.die:
-            raise annotate(exception, index, traceback)
+            raise annotate(exception, index, task)
 
 
-def annotate(exception: BaseException, index: int, traceback: str) -> BaseException:
-    """Attach the task's index and the worker's traceback to ``exception`` and return it."""
-    if exception.__cause__ is None and exception.__traceback__ is None and traceback:
-        exception.__cause__ = RemoteTraceback(
-            f"\n\nTask {index} raised this in its worker:\n\n{traceback}"
-        )
-    note = f"parallel_jobs: raised by task {index}; pass die=False to run every task regardless"
+def annotate(exception: BaseException, index: int, task: str = "") -> BaseException:
+    """Add a note naming task ``index`` (and its values, ``task``) to ``exception``; return it."""
+    where = f"task {index} {task}" if task else f"task {index}"
+    note = f"parallel_jobs: raised by {where}; pass die=False to run every task regardless"
     notes = getattr(exception, "__notes__", None)
     if notes is not None and note in notes:
         return exception

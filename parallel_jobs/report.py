@@ -15,7 +15,7 @@ import reprlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import TaskTimeoutError, WorkerCrashedError
+from .errors import TaskTimeoutError, WorkerCrashedError, exception_text
 from .monitor import LoadSample
 from .task import TaskResult
 
@@ -218,7 +218,7 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
             {
                 "index": r.index,
                 "type": type(r.exception).__name__,
-                "message": str(r.exception),
+                "message": "" if r.exception is None else exception_text(r.exception),
                 "attempts": r.attempts,
                 "arguments": _arguments(parallel, r.index),
             }
@@ -379,7 +379,7 @@ def to_records(parallel: Parallel) -> list[dict[str, Any]]:
             "status": status,
             "value": r.value,
             "error": None if r.exception is None else type(r.exception).__name__,
-            "message": None if r.exception is None else str(r.exception),
+            "message": None if r.exception is None else exception_text(r.exception),
             "started": _moment(r.started),
             "finished": _moment(r.finished),
             "elapsed": r.elapsed,

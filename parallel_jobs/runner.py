@@ -19,6 +19,7 @@ retried. It never looks at which backend it drives.
 from __future__ import annotations
 
 import logging
+import reprlib
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -27,14 +28,20 @@ from typing import Any
 import attrs
 
 from .backends.base import Backend, chunk_failed
-from .errors import ExceptionCollector, SerializationError
+from .errors import (
+    ExceptionCollector,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    attach_remote_traceback,
+)
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, ResultStore
-from .task import Batch, Chunk, Payload, Task, task_call
+from .task import Batch, Chunk, Failure, Payload, Task, task_call
 from .worker import binds_random_early, draw_entropy
 
-__all__ = ["Chunker", "RunPlan", "Runner", "TaskSource"]
+__all__ = ["Chunker", "RunPlan", "Runner", "TaskSource", "describe"]
 
 logger = logging.getLogger("parallel_jobs")
 
@@ -82,6 +89,35 @@ class RunPlan:
         elif self.iterkwargs is not None:
             kwargs = [self.iterkwargs[i] for i in indices]
         return Chunk(indices, itervals, kwargs)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 24
+_SHORT.maxother = 24
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+#: The most characters of a task's values that an error message shows.
+MOST_SHOWN = 60
+
+
+def describe(task: Task) -> str:
+    """The task's own values as an error message shows them: shortened, reprlib-style.
+
+    Examples:
+        >>> describe(Task(3, args=(5, "a")))
+        "(5, 'a')"
+        >>> describe(Task(0, args=("x" * 100,), kwargs={"n": 2}))
+        "('xxxxxxxxx...xxxxxxxxxx', n=2)"
+        >>> describe(Task(1))
+        ''
+    """
+    parts = [_SHORT.repr(value) for value in task.args]
+    parts += [f"{key}={_SHORT.repr(value)}" for key, value in (task.kwargs or {}).items()]
+    if not parts:
+        return ""
+    text = ", ".join(parts)
+    if len(text) > MOST_SHOWN:
+        text = text[: MOST_SHOWN - 3] + "..."
+    return f"({text})"
 
 
 class TaskSource:
@@ -381,12 +417,25 @@ class Runner:
         for pos, failure in batch.failures.items():
             index = batch.indices[pos]
             if index in final:
-                self.collector.add(index, failure.exception, failure.traceback)
+                self.collector.add(index, *self._explain(index, failure))
         if self.callback is not None:
             for pos, index in enumerate(batch.indices):
                 if pos in batch.failures and index not in final:
                     continue
                 self._call_back(index, batch.elapsed[pos])
+
+    def _explain(self, index: int, failure: Failure) -> tuple[BaseException, str]:
+        """Give the final failure of task ``index`` what the user reads: the worker's
+        traceback as its cause, and the task's values in the errors the parent made. Once per
+        failure, whatever ``die`` and ``keep_records`` say, so ``exceptions[i]`` has them too.
+        Returns the exception and the task's values, shortened."""
+        exception = failure.exception
+        attach_remote_traceback(exception, index, failure.traceback)
+        task = describe(self.plan.task(index))
+        if isinstance(exception, (WorkerCrashedError, TaskTimeoutError)) and (
+                exception.index == index and not exception.task):
+            exception.task = task  # read by __str__ and pickled by __reduce__
+        return exception, task
 
     def _call_back(self, index: int, elapsed: float) -> None:
         assert self.callback is not None

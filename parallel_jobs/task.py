@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from .errors import RemoteTaskError
+from .errors import RemoteTaskError, exception_text
 
 __all__ = [
     "Batch",
@@ -243,7 +243,16 @@ class Chunk:
 
 
 def _format_traceback(exc: BaseException) -> str:
-    return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+    """The traceback of ``exc`` as Python prints it, or ``""`` for an exception never raised
+    (a crash or a timeout that the parent describes): its text would only repeat the message."""
+    if exc.__traceback__ is None:
+        return ""
+    try:
+        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        # The traceback module guards str() of the exception, but not everything a hostile
+        # exception can break (a __notes__ that is not a list, say): keep the type at least.
+        return f"{type(exc).__qualname__}: {exception_text(exc)}\n"
 
 
 def _rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) -> Failure:
@@ -391,9 +400,13 @@ class Failure:
 
     @classmethod
     def capture(cls, exc: BaseException) -> Failure:
-        """Record ``exc`` with its formatted traceback."""
+        """Record ``exc`` with its formatted traceback (``""`` if it was never raised).
+
+        Never raises, whatever ``exc`` does: a ``__str__`` that raises costs only the message.
+        """
         cls_ = type(exc)
-        return cls(exc, f"{cls_.__module__}.{cls_.__qualname__}", str(exc), _format_traceback(exc))
+        name = f"{cls_.__module__}.{cls_.__qualname__}"
+        return cls(exc, name, exception_text(exc), _format_traceback(exc))
 
     def __reduce__(self) -> tuple[Any, ...]:
         blob = _dumps_exception(self.exception)

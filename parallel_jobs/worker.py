@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from .errors import SerializationError
+from .errors import CallerInterrupt, SerializationError
 from .task import Batch, Chunk, Failure, Payload, Unloadable, atomic_values, dumps, own
 
 __all__ = [
@@ -198,7 +198,9 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
                 values[pos] = func(*args, **kwargs)
             else:
                 values[pos] = capture.call(pos, func, args, kwargs)
-        except Exception as exc:
+        except CallerInterrupt:
+            raise  # the caller's Ctrl-C, in a task running in its thread: stop the run
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: the task's own
             failures[pos] = Failure.capture(exc)
         wall = clock() - t0
         started[pos] = t0

@@ -411,3 +411,53 @@ def sleep_span(seconds: float) -> tuple[float, float]:
     started = time.time()
     time.sleep(seconds)
     return started, time.time()
+
+
+# -- failures: BaseExceptions, broken __str__, signals in serial tasks (issue 11 items 3, 4) --
+
+
+class CustomBaseError(BaseException):
+    """A BaseException of the user's own, as some libraries define for 'abort everything'."""
+
+
+def raise_base(x: int, kind: str, bad: int = 2) -> int:
+    """Task ``bad`` raises the BaseException (not an Exception) that ``kind`` names."""
+    if x != bad:
+        return x
+    import asyncio
+    import sys
+
+    if kind == "SystemExit":
+        sys.exit(3)
+    errors: dict[str, BaseException] = {
+        "KeyboardInterrupt": KeyboardInterrupt(f"task {x} pressed Ctrl-C itself"),
+        "GeneratorExit": GeneratorExit(f"task {x} closed"),
+        "CancelledError": asyncio.CancelledError(f"task {x} cancelled"),
+        "custom": CustomBaseError(f"task {x} gives up"),
+    }
+    raise errors[kind]
+
+
+class BrokenStrError(Exception):
+    """An exception whose ``__str__`` raises, as a buggy library's may."""
+
+    def __str__(self) -> str:
+        msg = "__str__ of BrokenStrError is broken"
+        raise RuntimeError(msg)
+
+
+def raise_broken_str(x: int, bad: int = 2) -> int:
+    if x == bad:
+        raise BrokenStrError(x)
+    return x
+
+
+def signal_self_on(x: int, signum: int, bad: int = 1) -> int:
+    """Task ``bad`` sends ``signum`` to its own thread (a real Ctrl-C when it runs in the
+    caller's main thread); its handler acts before the task could return."""
+    if x == bad:
+        import signal
+
+        signal.raise_signal(signum)
+        time.sleep(5)  # not reached when the handler raised
+    return x

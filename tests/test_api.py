@@ -406,7 +406,7 @@ def test_die_stops_promptly_and_raises_the_tasks_own_exception() -> None:
     assert "fail_first_else_sleep" in str(cause)
     if sys.version_info >= (3, 11):
         assert info.value.__notes__ == [
-            "parallel_jobs: raised by task 0; pass die=False to run every task regardless"]
+            "parallel_jobs: raised by task 0 (0); pass die=False to run every task regardless"]
     assert P.status == "done"
     assert P.success is not None
     assert P.success[0] is False

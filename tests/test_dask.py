@@ -23,8 +23,9 @@ from distributed import Client, LocalCluster, get_client
 
 from parallel_jobs import Parallel, parallelize
 from parallel_jobs.backends.dask import INSTALL_HINT
-from parallel_jobs.errors import TaskTimeoutError, WorkerCrashedError
+from parallel_jobs.errors import RemoteTraceback, TaskTimeoutError, WorkerCrashedError
 from tests import jobs
+from tests.conftest import returned
 
 CLUSTER = {
     "n_workers": 2,
@@ -150,7 +151,7 @@ def test_die_false_records_every_failure(client: Client) -> None:
     P = Parallel(jobs.fail_on, range(6), die=False, parallelizer=client)
     with pytest.warns(RuntimeWarning, match="only 5 of 6 tasks succeeded"):
         P.run()
-    assert P.results == [0, 1, 2, None, 4, 5]
+    assert returned(P) == [0, 1, 2, None, 4, 5]
     assert P.success == [True, True, True, False, True, True]
     assert isinstance(P.exceptions[3], ValueError)
     assert "fail_on" in P.task_results[3].traceback
@@ -178,7 +179,7 @@ def test_timeout_cancels_the_task_and_says_it_may_still_run(client: Client,
     assert isinstance(error, TaskTimeoutError)
     assert error.stopped is False
     assert "may still be running" in str(error)
-    assert P.results == [0, None, 2, 3]
+    assert returned(P) == [0, None, 2, 3]
     assert P.task_results[1].elapsed >= 1.0
 
 
@@ -190,7 +191,7 @@ def test_a_crashing_task_costs_only_itself(fragile_client: Client) -> None:
                  parallelizer=fragile_client)
     with pytest.warns(RuntimeWarning, match="only 5 of 6"):
         P.run()
-    assert P.results == [0, 1, 4, None, 16, 25]
+    assert returned(P) == [0, 1, 4, None, 16, 25]
     error = P.exceptions[3]
     assert isinstance(error, WorkerCrashedError)
     assert error.index == 3
@@ -207,6 +208,59 @@ def test_a_chunk_that_killed_its_worker_is_rerun_task_by_task(fragile_client: Cl
                  chunksize=3, parallelizer=fragile_client).run()
     assert P.results == [0, 1, 2]
     assert (tmp_path / "runs").read_text() == "xx"
+
+
+@pytest.mark.parametrize("func", [jobs.raise_base, jobs.raise_broken_str])
+def test_a_base_exception_or_a_broken_str_fails_its_task_only(client: Client,
+                                                              func: Any) -> None:
+    # Issue 11 items 3 and 4: a task's SystemExit, or an exception whose __str__ raises, is
+    # that task's failure, with the worker's traceback as its cause (issue 10).
+    kwargs = {"kind": "SystemExit"} if func is jobs.raise_base else {}
+    P = Parallel(func, range(4), kwargs=kwargs, die=False, parallelizer=client)
+    with pytest.warns(RuntimeWarning, match="only 3 of 4"):
+        P.run()
+    assert P.success == [True, True, False, True]
+    error = P.exceptions[2]
+    assert type(error) is (SystemExit if func is jobs.raise_base else jobs.BrokenStrError)
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert func.__name__ in error.__cause__.text
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_kills_every_worker_it_meets_fails_alone() -> None:
+    # Issue 11 item 6: dask's default allows 3 deaths per task, so the task kills both workers
+    # of the cluster and the payload with them; each resend used to reset dask's count, and
+    # the run died with "No valid workers found", die=False notwithstanding.
+    cluster = LocalCluster(**CLUSTER)
+    client = Client(cluster, set_as_default=False)
+    try:
+        P = Parallel(jobs.die_on, range(6), bad=3, die=False, parallelizer=client)
+        with pytest.warns(RuntimeWarning, match="only 5 of 6"):
+            P.run()
+    finally:
+        client.close()
+        cluster.close()
+    assert returned(P) == [0, 1, 4, None, 16, 25]
+    error = P.exceptions[3]
+    assert isinstance(error, WorkerCrashedError)
+    assert error.index == 3
+    assert "alone" in str(error)
+
+
+@pytest.mark.timeout(60)
+def test_timeout_counts_from_the_start_and_hung_tasks_keep_their_threads(
+        client: Client) -> None:
+    # Issue 11 item 5: two tasks overrun and hold both worker threads for 4 s. The quick tasks
+    # must wait for a free thread rather than queue behind them and "time out" meanwhile.
+    seconds = [4.0, 4.0] + [0.01] * 6
+    P = Parallel(jobs.sleep_for, seconds, timeout=1.0, die=False, parallelizer=client)
+    with pytest.warns(RuntimeWarning, match="only 6 of 8"):
+        P.run()
+    assert P.success == [False, False] + [True] * 6
+    for error in P.exceptions[:2]:
+        assert isinstance(error, TaskTimeoutError)
+    assert min(r.started for r in P.task_results[2:]) >= max(
+        r.started for r in P.task_results[:2]) + 3.0
 
 
 # -- where tasks run ----------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def test_timeout_stops_an_overrunning_task_and_the_rest_go_on(start_method: str)
     assert isinstance(error, TaskTimeoutError)
     assert isinstance(error, TimeoutError)
     assert (error.index, error.timeout, error.stopped) == (7, 0.6, True)
-    assert "stopped and replaced" in str(error)
+    assert str(error).endswith("; its worker was stopped")
     assert [e is None for e in P.exceptions] == [x != 7 for x in range(10)]
     result = P.task_results[7]
     assert 0.6 <= result.elapsed < 10
@@ -466,6 +466,25 @@ def test_fast_backend_abandons_an_overrunning_task_and_kills_it_at_the_end() -> 
     error = P.exceptions[1]
     assert isinstance(error, TaskTimeoutError)
     assert error.stopped is False
+
+
+@pytest.mark.timeout(40)
+def test_fast_backend_times_tasks_from_their_start_not_their_wait(start_method: str) -> None:
+    # Two tasks hang and hold both processes: the 20 quick ones must neither wait behind them
+    # in the executor's queue nor be charged for that wait (issue 11 item 5). Under spawn, a
+    # process's start-up is not charged either.
+    seconds = [30.0, 30.0] + [0.01] * 20
+    P = Parallel(jobs.sleep_for, seconds, timeout=1.0, parallelizer="fast", ncpus=2,
+                 die=False, start_method=start_method)
+    started = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="only 20 of 22"):
+        P.run()
+    assert time.perf_counter() - started < 20
+    assert P.success == [False, False] + [True] * 20
+    for error in P.exceptions[:2]:
+        assert isinstance(error, TaskTimeoutError)
+        assert error.stopped is False
+    assert all(1.0 <= r.elapsed < 5.0 for r in P.task_results[:2])
 
 
 @pytest.mark.timeout(30)

@@ -10,7 +10,8 @@ import attrs
 import numpy as np
 import pytest
 
-from parallel_jobs import Parallel, Task, TaskResult
+from parallel_jobs import Parallel, Task, TaskResult, WorkerCrashedError
+from parallel_jobs.task import Failure
 from tests import jobs
 
 
@@ -119,3 +120,40 @@ def test_records_of_a_run_pickle() -> None:
 
 def test_no_records_before_a_run() -> None:
     assert Parallel(jobs.square, [1]).task_results == []
+
+
+# -- failures (issue 11 items 3 and 4) -----------------------------------------------------------
+
+
+def _raised(error: BaseException) -> BaseException:
+    try:
+        raise error
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt("mine"),
+                                   jobs.CustomBaseError("gives up")],
+                         ids=["SystemExit", "KeyboardInterrupt", "custom"])
+def test_a_failure_carries_any_base_exception_across_pickling(error: BaseException) -> None:
+    failure = Failure.capture(_raised(error))
+    copy = pickle.loads(pickle.dumps(failure))
+    assert type(copy.exception) is type(error)
+    assert copy.exception.args == error.args
+    assert "Traceback (most recent call last)" in copy.traceback
+
+
+def test_capturing_an_exception_whose_str_raises_keeps_its_type_and_traceback() -> None:
+    failure = Failure.capture(_raised(jobs.BrokenStrError(2)))
+    assert failure.type_name == "tests.jobs.BrokenStrError"
+    assert failure.message == "<str() of BrokenStrError failed: RuntimeError>"
+    assert "_raised" in failure.traceback
+    copy = pickle.loads(pickle.dumps(failure))
+    assert type(copy.exception) is jobs.BrokenStrError
+
+
+def test_an_error_never_raised_has_no_traceback_to_repeat_its_message() -> None:
+    # A crash or a timeout, which the parent describes: its "traceback" would only be its text.
+    failure = Failure.capture(WorkerCrashedError(3, -9))
+    assert failure.traceback == ""
+    assert failure.message.startswith("the worker process running task 3 was killed")

@@ -17,7 +17,9 @@ from typing import Any
 
 import attrs
 
+from ..errors import SerializationError, exception_text
 from ..task import Batch, Chunk, Payload
+from ..worker import run_chunk
 
 __all__ = [
     "Backend",
@@ -27,6 +29,7 @@ __all__ = [
     "kill_tree",
     "logger",
     "mark_overruns",
+    "run_copied",
     "wait_for_deadlines",
 ]
 
@@ -182,15 +185,51 @@ def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
     """Deep copies of the arguments in ``payload`` and ``chunk``, for the '-copy' parallelizers.
 
     ``globaldict`` is shared on purpose and never copied.
-    """
-    import copy
 
+    Raises:
+        SerializationError: naming the argument that cannot be copied (its ``reason`` is what
+            ``copy.deepcopy`` raised), so that the Runner fails the chunk's tasks with it.
+    """
     kwargs = {
-        key: value if key == "globaldict" else copy.deepcopy(value)
+        key: value if key == "globaldict" else _copy(value, f"keyword argument {key!r}")
         for key, value in payload.kwargs.items()
     }
-    payload = Payload(payload.func, copy.deepcopy(payload.args), kwargs)
-    return payload, copy.deepcopy(chunk)
+    args = tuple(_copy(value, f"args[{pos}]") for pos, value in enumerate(payload.args))
+    itervals = chunk.itervals
+    if itervals is not None:
+        itervals = [_copy(value, f"the iterated value of task {index}")
+                    for index, value in zip(chunk.indices, itervals, strict=True)]
+    iterkwargs = chunk.iterkwargs
+    if iterkwargs is not None:
+        iterkwargs = [
+            {key: _copy(value, f"keyword argument {key!r} of task {index}")
+             for key, value in values.items()}
+            for index, values in zip(chunk.indices, iterkwargs, strict=True)
+        ]
+    # evolve: the payload's other settings (capture, seeding) and the chunk's hold on.
+    return (attrs.evolve(payload, args=args, kwargs=kwargs),
+            attrs.evolve(chunk, itervals=itervals, iterkwargs=iterkwargs))
+
+
+def _copy(value: Any, what: str) -> Any:
+    import copy
+
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exception_text(exc)}"
+        action = "deep-copied (a '-copy' parallelizer gives each task its own copy)"
+        raise SerializationError(what, reason, action) from exc
+
+
+def run_copied(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
+    """Run ``chunk`` on deep copies of its arguments; if one cannot be copied, every task of
+    the chunk fails with the :class:`SerializationError` that names it."""
+    try:
+        payload, chunk = copied(payload, chunk)
+    except SerializationError as error:
+        return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), os.getpid())
+    return run_chunk(payload, chunk, slot)
 
 
 def wait_for_deadlines(

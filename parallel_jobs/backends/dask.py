@@ -22,12 +22,18 @@ What this backend cannot do, and what it does instead:
 
 * Stop a running task. A task that overruns ``timeout`` has its future cancelled and fails
   with ``TaskTimeoutError(stopped=False)``; its worker thread runs on until the function returns.
-  The timeout counts from submission, which with one chunk per worker thread is close to the
-  task's start.
-* Tell which task of a chunk killed a worker. Dask reschedules the chunk on another worker and,
-  after ``distributed.scheduler.allowed-failures`` deaths, fails it with ``KilledWorker``; the
-  chunk's tasks are then run again one by one, and a lone task that still kills its worker fails
-  with ``WorkerCrashedError``, costing that task only.
+  With a ``timeout``, each task reports (as a dask event) when it starts and when it ends, so
+  its clock starts when it starts running, and an abandoned task still counts against the
+  cluster's threads until it ends: no task is handed to a thread that a hung one holds. When
+  hung tasks hold every thread, the run waits for one of them to end, or for a worker to join.
+* Tell which task of a chunk killed a worker. When a worker dies, dask reschedules what it ran
+  and, after ``distributed.scheduler.allowed-failures`` deaths, fails it with
+  ``KilledWorker``; and when every worker holding the payload has died, every chunk that
+  needs it fails. Either way each task of such a chunk becomes a suspect, and suspects run
+  again one at a time, with nothing else in flight: one that kills its worker while running
+  alone fails with ``WorkerCrashedError``, costing that task only, and the others succeed. A
+  ``LocalCluster`` that the run starts allows no rescheduling of a task that killed a worker
+  (allowed-failures 0), so a crashing task costs one worker death per attempt.
 * Share clocks. ``elapsed`` and ``cpu_time`` are durations the worker measured itself;
   ``started``/``finished`` are the worker's own wall clock, as close to the caller's as the
   machines' clocks are synchronised (NTP).
@@ -52,8 +58,8 @@ from .base import (
     Backend,
     BackendOptions,
     chunk_failed,
-    copied,
     logger,
+    run_copied,
     wait_for_deadlines,
 )
 from .wire import decode_batch, encode_chunk, pack_per_task
@@ -93,24 +99,45 @@ def _wall_offset() -> float:
     return time.time() - time.perf_counter()
 
 
-def _run_on_worker(payload: Payload, blob: bytes, copy: bool) -> tuple[float, bytes]:
-    """The dask task: run one chunk on a worker, return its clock offset and the pickled batch."""
+def _run_on_worker(payload: Payload, blob: bytes, copy: bool,
+                   topic: str | None = None) -> tuple[float, bytes]:
+    """The dask task: run one chunk on a worker, return its clock offset and the pickled batch.
+
+    ``topic``, given with a ``timeout``: the dask event topic on which to say when the chunk
+    starts and ends, so the parent times it from its start and knows when an abandoned one
+    frees its thread.
+    """
     chunk = pickle.loads(blob)
-    if copy:
-        payload, chunk = copied(payload, chunk)
-    batch = run_chunk(payload, chunk)
+    _tell(topic, started=True)
+    try:
+        batch = run_copied(payload, chunk) if copy else run_chunk(payload, chunk)
+    finally:
+        _tell(topic, started=False)
     return _wall_offset(), encode_batch(batch)
 
 
+def _tell(topic: str | None, started: bool) -> None:
+    """On a worker: say on ``topic`` (if any) that the running chunk started or ended."""
+    if topic is not None:
+        from distributed import get_worker
+
+        worker = get_worker()
+        message = {"key": worker.get_current_task(), "started": started,
+                   "worker": worker.address}
+        worker.log_event(topic, message)
+
+
 class _Submitted:
-    """A chunk in flight: its future, when it was sent, and the payload future it depends on."""
+    """A chunk in flight: its future, when it was sent, the payload future it depends on, and
+    whether it runs alone (a suspect of killing a worker, with nothing else in flight)."""
 
-    __slots__ = ("chunk", "future", "payload", "sent_at")
+    __slots__ = ("alone", "chunk", "future", "payload", "sent_at")
 
-    def __init__(self, future: Any, chunk: Chunk, payload: Any) -> None:
+    def __init__(self, future: Any, chunk: Chunk, payload: Any, alone: bool) -> None:
         self.future = future
         self.chunk = chunk
         self.payload = payload
+        self.alone = alone
         self.sent_at = time.perf_counter()
 
 
@@ -152,8 +179,9 @@ class DaskBackend(Backend):
     def __init__(self, options: BackendOptions, client: Any = None) -> None:
         super().__init__(options)
         self.distributed = import_distributed()
-        # A timed-out task is abandoned with its future: give each task its own chunk then.
-        self.max_chunk = 1 if options.timeout is not None else None
+        # A timed-out task is abandoned with its future, and a '-copy' task needs its own copy:
+        # give each task its own chunk then.
+        self.max_chunk = 1 if (options.timeout is not None or options.copy) else None
         self.per_thread = 1 if options.timeout is not None else CHUNKS_PER_THREAD
         self.client = client
         self.owns_client = False
@@ -168,6 +196,17 @@ class DaskBackend(Backend):
         self.capacity = self.per_thread
         self.recount_at = 0.0
         self.local_offset = _wall_offset()
+        # With a timeout: when each running chunk started (by key, this process's clock) and
+        # on which worker, and the keys of abandoned chunks still holding a worker thread.
+        self.topic: str | None = None
+        self.started: dict[str, float] = {}
+        self.worker_of: dict[str, str] = {}
+        self.hung: set[str] = set()
+        self.starved = False
+        # Tasks in flight when a worker died, to be run again one at a time; those of them
+        # that lost the payload while running alone.
+        self.suspects: set[int] = set()
+        self.payload_lost: set[int] = set()
 
     def start(self, payload: Payload) -> None:
         if self.client is None:
@@ -184,6 +223,23 @@ class DaskBackend(Backend):
         payload = attrs.evolve(payload, eager_seeding=payload.entropy is not None)
         self.payload = payload
         self.payload_future = self._scatter(payload)
+        if self.options.timeout is not None:
+            self.topic = self.prefix
+            self.client.subscribe_topic(self.topic, self._on_event)
+
+    def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        """In the client's event loop: a chunk started or ended on its worker."""
+        message = event[1]
+        key = message["key"]
+        if message["started"]:
+            self.started[key] = time.perf_counter()
+            self.worker_of[key] = message["worker"]
+            return
+        self.started.pop(key, None)
+        self.worker_of.pop(key, None)
+        if key in self.hung:
+            self.hung.discard(key)
+            self.finished.put((None, None))  # a thread is free: wake collect()
 
     def _scatter(self, payload: Payload) -> Any:
         try:
@@ -201,11 +257,16 @@ class DaskBackend(Backend):
     def _start_cluster(self) -> Any:
         # dashboard_address=None would still serve /health and /metrics on port 8787 of every
         # interface (and warn when another cluster holds that port): keep it all on loopback.
-        self.cluster = self.distributed.LocalCluster(
-            n_workers=self.options.ncpus, threads_per_worker=1, processes=True,
-            host="127.0.0.1", dashboard_address=LOOPBACK_HTTP,
-            worker_dashboard_address=LOOPBACK_HTTP,
-        )
+        import dask
+
+        # A task that killed a worker is not rescheduled but reported (KilledWorker) at once:
+        # it then runs alone, and fails if it kills again (see _lost_worker).
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            self.cluster = self.distributed.LocalCluster(
+                n_workers=self.options.ncpus, threads_per_worker=1, processes=True,
+                host="127.0.0.1", dashboard_address=LOOPBACK_HTTP,
+                worker_dashboard_address=LOOPBACK_HTTP,
+            )
         # Not the default client: a run must not change which cluster the caller's dask uses.
         client = self.distributed.Client(self.cluster, set_as_default=False)
         self.owns_client = True
@@ -213,25 +274,38 @@ class DaskBackend(Backend):
         return client
 
     def free_slots(self) -> int:
+        if self.suspects:
+            # A suspect runs with nothing else in flight, so a death while it runs is its own.
+            return 0 if self.futures else 1
         now = time.monotonic()
         if now >= self.recount_at:
             self.recount_at = now + RECOUNT_SECONDS
-            threads = sum(self.client.nthreads().values())
+            nthreads = self.client.nthreads()
+            threads = sum(nthreads.values())
             # With no worker yet (a cluster still scaling up), one chunk waits in the scheduler.
             self.capacity = self.per_thread * max(1, threads)
-        return max(0, self.capacity - len(self.futures))
+            # A hung task whose worker has gone (it died, or was restarted) holds no thread.
+            for key in list(self.hung):  # a copy: the client's event loop discards keys too
+                if self.worker_of.get(key) not in nthreads:
+                    self.hung.discard(key)
+        free = max(0, self.capacity - len(self.futures) - len(self.hung))
+        # Hung tasks hold every thread: until one ends, they count as in flight, so that the
+        # Runner waits in collect() instead of asking again at once.
+        self.starved = free == 0 and not self.futures
+        return free
 
     def in_flight(self) -> int:
-        return len(self.futures)
+        return len(self.futures) + (len(self.hung) if self.starved else 0)
 
     def submit(self, chunk: Chunk) -> None:
         blob = encode_chunk(chunk)
         self.submitted += 1
         future = self.client.submit(
-            _run_on_worker, self.payload_future, blob, self.options.copy,
+            _run_on_worker, self.payload_future, blob, self.options.copy, self.topic,
             key=f"{self.prefix}-{self.submitted}", pure=False,
         )
-        self.futures[future.key] = _Submitted(future, chunk, self.payload_future)
+        alone = not self.futures and len(chunk) == 1 and chunk.indices[0] in self.suspects
+        self.futures[future.key] = _Submitted(future, chunk, self.payload_future, alone)
         self.client.loop.add_callback(self._fetch, future)
 
     async def _fetch(self, future: Any) -> None:
@@ -248,10 +322,18 @@ class DaskBackend(Backend):
             self.finished.put((future, output))
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        if not self.futures:
+        starved, self.starved = self.starved, False
+        if starved:
+            # Wait for a hung task to end (its event wakes us), or for a worker to join.
+            timeout = RECOUNT_SECONDS if timeout is None else min(timeout, RECOUNT_SECONDS)
+        elif not self.futures:
             return []
-        starts = [flight.sent_at for flight in self.futures.values()]
-        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        if self.options.timeout is not None:
+            # A chunk not started yet has no deadline so far: look again after one timeout,
+            # which cannot be later than the deadline of a chunk it starts meanwhile.
+            now = time.perf_counter()
+            starts = [self.started.get(key, now) for key in self.futures]
+            timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
         done = []
         try:
             done.append(self.finished.get(timeout=timeout))
@@ -261,7 +343,7 @@ class DaskBackend(Backend):
             pass
         # A future cancelled on timeout still reports here; it was settled already.
         batches = [self._outcome(future, output) for future, output in done
-                   if future.key in self.futures]
+                   if future is not None and future.key in self.futures]
         batches.extend(self._expire())
         return batches
 
@@ -271,14 +353,16 @@ class DaskBackend(Backend):
         try:
             offset, data = future.result() if output is None else output
         except self.distributed.KilledWorker as error:
-            return self._killed(chunk, error, flight.sent_at)
+            return self._lost_worker(flight, error)
         except Exception as error:
             if flight.payload.status != "finished":
-                return self._payload_lost(flight)
+                self._send_payload_again(flight)
+                return self._lost_worker(flight, None)
             # Not the function's exception (run_chunk records those): the cluster failed.
             return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0)
         finally:
             future.release()
+        self.suspects.difference_update(chunk.indices)
         batch = decode_batch(data, chunk, 0)
         shift = offset - self.local_offset
         started = batch.started
@@ -286,33 +370,44 @@ class DaskBackend(Backend):
             started[pos] += shift
         return batch
 
-    def _payload_lost(self, flight: _Submitted) -> Batch:
+    def _send_payload_again(self, flight: _Submitted) -> None:
         """Every worker holding the payload died (a one-worker cluster, say), which cancels every
-        chunk that needs it: send it again, once, and run those chunks' tasks anew."""
+        chunk that needs it: send it again, once."""
         assert self.payload is not None
         if flight.payload is self.payload_future:
             logger.warning("the dask workers holding the shared arguments died; sending them again")
             self.payload_future.release()
             self.payload_future = self._scatter(self.payload)
-        return _rerun(list(flight.chunk.indices))
 
-    def _killed(self, chunk: Chunk, error: Any, sent_at: float) -> Batch:
-        if len(chunk) > 1:
-            # Dask cannot say which task of the chunk killed its workers: run each alone.
-            logger.warning("workers died running tasks %s; running each alone",
-                           list(chunk.indices))
-            return _rerun(list(chunk.indices))
+    def _lost_worker(self, flight: _Submitted, error: Any) -> Batch:
+        """A worker died running ``flight`` (dask's ``KilledWorker``, ``error``) or a chunk it
+        needed (the payload, ``error`` None). Only a chunk that ran alone can be to blame: any
+        other runs again, task by task, each alone (see free_slots). A lone task that lost the
+        payload is blamed the second time only: the payload may have been lost before it ran."""
+        chunk = flight.chunk
         index = chunk.indices[0]
-        worker = error.last_worker
-        detail = (
-            f"dask.distributed gave up on it (KilledWorker) after {error.allowed_failures + 1} "
-            f"worker(s) died running it, the last at {getattr(worker, 'address', '?')}; the "
-            "worker's nanny log has its exit code."
-        )
-        logger.warning("task %d killed %d dask worker(s)", index, error.allowed_failures + 1)
+        if not flight.alone or (error is None and index not in self.payload_lost):
+            if flight.alone:
+                self.payload_lost.add(index)
+            logger.warning("dask workers died while tasks %s ran; running each alone",
+                           list(chunk.indices))
+            self.suspects.update(chunk.indices)
+            return _rerun(list(chunk.indices))
+        self.suspects.discard(index)
+        if error is None:
+            how = ("Twice, the last dask worker holding the shared arguments died while it "
+                   "ran alone")
+            worker = None
+        else:
+            worker = error.last_worker
+            how = (f"Dask gave up on it (KilledWorker) after {error.allowed_failures + 1} "
+                   f"worker(s) died running it alone, the last at "
+                   f"{getattr(worker, 'address', '?')}")
+        detail = f"{how}; the worker's nanny log has its exit code."
+        logger.warning("task %d killed its dask worker", index)
         return Batch.lost(
             index, WorkerCrashedError(index, None, detail), pid=getattr(worker, "pid", 0) or 0,
-            started=sent_at, elapsed=time.perf_counter() - sent_at,
+            started=flight.sent_at, elapsed=time.perf_counter() - flight.sent_at,
         )
 
     def _expire(self) -> list[Batch]:
@@ -322,18 +417,22 @@ class DaskBackend(Backend):
         now = time.perf_counter()
         batches = []
         for key, flight in list(self.futures.items()):
-            if now - flight.sent_at < limit:
-                continue
+            started = self.started.get(key)
+            if started is None or now - started < limit or flight.future.done():
+                continue  # not started, in time, or finished and on its way to collect()
             del self.futures[key]
+            # Until it ends (its event says so), it holds a worker thread.
+            self.hung.add(key)
             flight.future.cancel(reason="parallel_jobs: the task overran its timeout")
             flight.future.release()
             chunk = flight.chunk
             index = chunk.indices[0]
+            self.suspects.discard(index)
             logger.warning("task %d overran its timeout of %g s; cancelled its dask future",
                            index, limit)
             error = TaskTimeoutError(index, limit, stopped=False)
             batches.append(Batch.lost(
-                index, error, pid=0, started=flight.sent_at, elapsed=now - flight.sent_at,
+                index, error, pid=0, started=started, elapsed=now - started,
                 requeue=list(chunk.indices[1:]),
             ))
         return batches
@@ -344,7 +443,10 @@ class DaskBackend(Backend):
         client, self.client = self.client, None
         cluster, self.cluster = self.cluster, None
         payload, self.payload_future = self.payload_future, None
+        topic, self.topic = self.topic, None
         try:
+            if topic is not None:
+                client.unsubscribe_topic(topic)
             # Ours are the only references to these keys: releasing them (now, not whenever the
             # futures are garbage-collected) makes the scheduler drop every chunk not yet
             # started and, once no task needs it, the payload.

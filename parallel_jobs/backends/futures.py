@@ -5,6 +5,13 @@ breaks and cannot say which task killed it, so every task in flight at that mome
 ``WorkerCrashedError`` (the executor is then rebuilt for the remaining tasks); and it cannot stop
 one running task, so a task that overruns its timeout is abandoned and its process killed when
 the run ends. The default backend has neither limit.
+
+With a ``timeout``, each worker process claims one of ``ncpus`` shared slots when it starts and
+writes there which task it runs and since when, as the default pool's workers do: a task's clock
+starts when it starts, not when it was handed to the executor. An abandoned task still holds
+its process, so it still counts against ``ncpus``: no task is handed to the executor to wait
+behind it. Once abandoned tasks hold every process and nothing else runs, the executor is
+replaced (its processes killed) so that the remaining tasks have somewhere to run.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import encode_batch, run_chunk
+from ..worker import IDLE, encode_batch, run_chunk
 from .base import (
     Backend,
     BackendOptions,
@@ -33,19 +40,26 @@ from .wire import chunk_pickler, encode_chunk, pack_payload, pack_per_task
 __all__ = ["FuturesBackend"]
 
 _PAYLOAD: Payload | None = None
+#: This worker's slot (the task it runs and since when), with a ``timeout`` only.
+_SLOT: Any = None
 
 
-def _initialize(blob: bytes) -> None:
-    global _PAYLOAD
+def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
+    global _PAYLOAD, _SLOT
     from .._shm import keep_segments_open, loads_payload
 
     keep_segments_open()
     _PAYLOAD = loads_payload(blob)
+    if slots is not None:
+        # The executor never starts more than ncpus processes, one slot each.
+        with claimed.get_lock():
+            _SLOT = slots[claimed.value]
+            claimed.value += 1
 
 
 def _run(message: bytes) -> bytes:
     assert _PAYLOAD is not None
-    return encode_batch(run_chunk(_PAYLOAD, pickle.loads(message)))
+    return encode_batch(run_chunk(_PAYLOAD, pickle.loads(message), _SLOT))
 
 
 class FuturesBackend(Backend):
@@ -66,8 +80,9 @@ class FuturesBackend(Backend):
         self.blob = b""
         self.shared: Any = None
         self.manager: Any = None
-        self.futures: dict[cf.Future[bytes], tuple[Chunk, float]] = {}
+        self.futures: dict[cf.Future[bytes], Chunk] = {}
         self.abandoned: set[cf.Future[bytes]] = set()
+        self.slots: list[Any] | None = None
         self.waker: cf.Future[bytes] = cf.Future()  # completed by wake()
 
     def start(self, payload: Payload) -> None:
@@ -78,9 +93,14 @@ class FuturesBackend(Backend):
         self._new_executor()
 
     def _new_executor(self) -> None:
+        claimed = None
+        if self.options.timeout is not None:
+            self.slots = [self.context.RawArray("d", [0.0, IDLE])
+                          for _ in range(self.options.ncpus)]
+            claimed = self.context.Value("i", 0)
         self.executor = cf.ProcessPoolExecutor(
             max_workers=self.options.ncpus, mp_context=self.context,
-            initializer=_initialize, initargs=(self.blob,),
+            initializer=_initialize, initargs=(self.blob, self.slots, claimed),
         )
         logger.debug("started a concurrent.futures pool of %d processes", self.options.ncpus)
 
@@ -91,7 +111,16 @@ class FuturesBackend(Backend):
         return shared
 
     def free_slots(self) -> int:
-        return max(0, self.options.ncpus - self.in_flight())
+        if self.abandoned:
+            self.abandoned = {future for future in self.abandoned if not future.done()}
+            if self.abandoned and not self.futures and len(self.abandoned) >= self.options.ncpus:
+                # Every process runs a task that was abandoned and already failed: only new
+                # processes can run the rest.
+                logger.warning("every concurrent.futures worker runs an abandoned task; "
+                               "starting a new pool")
+                self._kill_executor()
+                self._new_executor()
+        return max(0, self.options.ncpus - self.in_flight() - len(self.abandoned))
 
     def in_flight(self) -> int:
         return len(self.futures)
@@ -99,7 +128,7 @@ class FuturesBackend(Backend):
     def submit(self, chunk: Chunk) -> None:
         assert self.executor is not None
         message = encode_chunk(chunk, self.pickle_chunk)
-        self.futures[self.executor.submit(_run, message)] = (chunk, time.perf_counter())
+        self.futures[self.executor.submit(_run, message)] = chunk
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its
         # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.
@@ -113,16 +142,31 @@ class FuturesBackend(Backend):
         except cf.InvalidStateError:
             pass  # already woken
 
+    def _starts(self) -> dict[int, float]:
+        """When each running task started, by task index, as the workers' slots say."""
+        starts = {}
+        for slot in self.slots or ():
+            started = slot[1]
+            index = int(slot[0])
+            if started != IDLE and slot[1] == started:  # not a task ending meanwhile
+                starts[index] = started
+        return starts
+
     def collect(self, timeout: float | None) -> list[Batch]:
-        starts = [sent for _, sent in self.futures.values()]
-        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        if self.options.timeout is not None:
+            # A task not started yet has no deadline so far: look again after one timeout,
+            # which cannot be later than the deadline of a task it starts meanwhile.
+            now = time.perf_counter()
+            running = self._starts()
+            starts = [running.get(chunk.indices[0], now) for chunk in self.futures.values()]
+            timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
         done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False
         for future in done:
             if future is self.waker:
                 continue
-            chunk, _ = self.futures.pop(future)
+            chunk = self.futures.pop(future)
             try:
                 batches.append(pickle.loads(future.result()))
             except BrokenProcessPool:
@@ -143,19 +187,23 @@ class FuturesBackend(Backend):
         limit = self.options.timeout
         if limit is None:
             return []
+        running = self._starts()
         now = time.perf_counter()
         batches = []
-        for future, (chunk, sent) in list(self.futures.items()):
-            if now - sent < limit:
+        for future, chunk in list(self.futures.items()):
+            index = chunk.indices[0]  # with a timeout, every chunk holds one task
+            started = running.get(index)
+            if started is None or now - started < limit or future.done():
                 continue
             del self.futures[future]
             self.abandoned.add(future)
-            index = chunk.indices[0]
             error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(Batch.lost(index, error, pid=0, started=sent, elapsed=now - sent))
+            batches.append(Batch.lost(index, error, pid=0, started=started,
+                                      elapsed=now - started))
         return batches
 
     def _kill_executor(self) -> None:
+        self.abandoned.clear()  # their processes die here
         executor, self.executor = self.executor, None
         if executor is None:
             return

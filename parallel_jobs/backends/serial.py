@@ -3,15 +3,44 @@
 Useful for debugging (a task's exception has its full local traceback) and as the reference
 behaviour of every other backend. A timeout cannot interrupt a running task here; a task that
 overran is marked as timed out when it returns.
+
+Tasks run in the caller's thread, so the caller's Ctrl-C arrives inside a task, as a
+KeyboardInterrupt like one the task might raise itself. While a run is in the main thread,
+this backend tells them apart by wrapping the SIGINT and SIGTERM handlers: what the caller's
+handler raises is re-raised as :class:`~parallel_jobs.errors.CallerInterrupt`, which stops the
+run; any other KeyboardInterrupt fails its task only, as on every other backend.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import CallerInterrupt
 from ..task import Batch, Chunk, Payload
 from ..worker import run_chunk
-from .base import Backend, BackendOptions, copied, mark_overruns
+from .base import Backend, BackendOptions, mark_overruns, run_copied
 
 __all__ = ["SerialBackend"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _marking(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+    """A signal handler that calls ``handler`` and marks the KeyboardInterrupt it raises as
+    the caller's."""
+
+    def marked(signum: int, frame: Any) -> Any:
+        try:
+            return handler(signum, frame)
+        except CallerInterrupt:
+            raise
+        except KeyboardInterrupt as interrupt:
+            raise CallerInterrupt(*interrupt.args) from None
+
+    return marked
 
 
 class SerialBackend(Backend):
@@ -25,9 +54,17 @@ class SerialBackend(Backend):
         self.max_chunk = 1 if options.copy else None
         self.payload: Payload | None = None
         self.done: list[Batch] = []
+        self.handlers: dict[int, Any] = {}
 
     def start(self, payload: Payload) -> None:
         self.payload = payload
+        if threading.current_thread() is not threading.main_thread():
+            return  # the caller's signals reach the main thread, never these tasks
+        for signum in _SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                signal.signal(signum, _marking(handler))
+                self.handlers[signum] = handler
 
     def free_slots(self) -> int:
         # One chunk at a time, so that the Runner sees every outcome before the next starts.
@@ -38,10 +75,11 @@ class SerialBackend(Backend):
 
     def submit(self, chunk: Chunk) -> None:
         assert self.payload is not None
-        payload = self.payload
         if self.options.copy:
-            payload, chunk = copied(payload, chunk)
-        self.done.append(mark_overruns(run_chunk(payload, chunk), self.options.timeout))
+            batch = run_copied(self.payload, chunk)
+        else:
+            batch = run_chunk(self.payload, chunk)
+        self.done.append(mark_overruns(batch, self.options.timeout))
 
     def collect(self, timeout: float | None) -> list[Batch]:
         done, self.done = self.done, []
@@ -49,3 +87,6 @@ class SerialBackend(Backend):
 
     def shutdown(self, abort: bool = False) -> None:
         self.done = []
+        handlers, self.handlers = self.handlers, {}
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import TaskTimeoutError
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, run_chunk
-from .base import Backend, BackendOptions, copied, logger, wait_for_deadlines
+from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
 
 __all__ = ["ThreadBackend"]
 
@@ -43,15 +43,14 @@ class _ThreadWorker:
             chunk = self.inbox.get()
             if chunk is None:
                 return
-            payload = self.payload
             try:
                 if self.copy:
-                    payload, chunk = copied(payload, chunk)
-                batch = run_chunk(payload, chunk, self.slot)
+                    batch = run_copied(self.payload, chunk, self.slot)
+                else:
+                    batch = run_chunk(self.payload, chunk, self.slot)
             except BaseException as exc:
-                # An argument that cannot be copied, or SystemExit and the like, which escape
-                # run_chunk: without a message the Runner would wait for this thread forever.
-                # It re-raises them, as the serial backend would.
+                # run_chunk records whatever a task raises; what escapes it is a bug of ours,
+                # and without a message the Runner would wait for this thread forever.
                 self.outbox.put((self, exc))
                 return
             self.outbox.put((self, batch))
