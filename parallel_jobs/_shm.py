@@ -32,7 +32,9 @@ __all__ = [
     "MIN_SHARED_BYTES",
     "SEGMENT_NAME",
     "SharedArrays",
+    "can_watch_writes",
     "forget_segments",
+    "inherited_written",
     "keep_segments_open",
     "loads_payload",
 ]
@@ -118,6 +120,8 @@ def _map_private(path: str) -> Any:
 
 class _SharingUnpickler(dill.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
+        if pid[0] == _INHERITED_TAG:
+            return _inherited_view(pid[1])
         tag, path, shape, dtype = pid
         if tag != "parallel_jobs.shm":
             raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
@@ -125,6 +129,64 @@ class _SharingUnpickler(dill.Unpickler):
 
         # Private copy-on-write: the task may write to its array, and only it sees the writes.
         return np.frombuffer(_map_private(path), dtype=np.dtype(dtype)).reshape(shape)
+
+
+# -- arrays a forked worker inherits ---------------------------------------------------------------
+#
+# A forked worker already holds a copy-on-write image of the parent's arrays: copying them into
+# a segment would cost the parent a pass over every byte (a 200 MB array: 60 ms) for nothing.
+# But an inherited array is one object for all the tasks a worker runs, so a task's writes
+# would reach the next one. Each task gets its own view of it instead, and after each task the
+# worker asks the kernel (/proc/self/pagemap) whether any of the array's pages is now its own,
+# which is what a write to a copy-on-write page makes it. A worker whose task wrote retires,
+# and the next task goes to a fresh fork, which sees the pristine pages again.
+
+_INHERITED_TAG = "parallel_jobs.inherited"
+_INHERITED: list[Any] = []
+"""The arrays of the current run that forked workers inherit, by index (None once released)."""
+_WATCHED: dict[int, tuple[int, int]] = {}
+"""Inherited arrays handed to a task in this process: index -> (first page, page count)."""
+_PAGEMAP: list[Any] = [None, 0]  # [descriptor of this process's pagemap, the pid that opened it]
+_EXCLUSIVE = 1 << 56
+"""pagemap's "page exclusively mapped" bit: set once this process has its own copy of a page."""
+
+
+def _inherited_view(index: int) -> Any:
+    base = _INHERITED[index]
+    if index not in _WATCHED:
+        import numpy as np
+
+        bounds = getattr(np.lib, "array_utils", np).byte_bounds  # NumPy 2 moved it
+        low, high = bounds(base)
+        page = mmap.PAGESIZE
+        _WATCHED[index] = (low // page, (high + page - 1) // page - low // page)
+    return base.view()
+
+
+def inherited_written() -> bool:
+    """Whether a task of this process wrote to an inherited array since this process was
+    forked (so that the next task would see its writes)."""
+    if not _WATCHED:
+        return False
+    import numpy as np
+
+    if _PAGEMAP[1] != os.getpid():
+        _PAGEMAP[:] = [os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC), os.getpid()]
+    for first, count in _WATCHED.values():
+        entries = np.frombuffer(os.pread(_PAGEMAP[0], count * 8, first * 8), dtype=np.uint64)
+        if (entries & np.uint64(_EXCLUSIVE)).any():
+            return True
+    return False
+
+
+def can_watch_writes() -> bool:
+    """Whether this platform tells a forked process which pages it has written (Linux)."""
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -144,13 +206,21 @@ class SharedArrays:
         >>> owner.close()
     """
 
-    def __init__(self, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None = None, inherit: bool = False) -> None:
         self.fds: list[int] = []
         # Off for workers on other machines (dask), which cannot open this process's files.
         self.enabled = shm_available() if enabled is None else enabled
+        # For workers forked after the payload is packed: they inherit the arrays themselves.
+        self.inherit = inherit and can_watch_writes()
+        self.inherited: list[int] = []
 
-    def put(self, array: Any) -> tuple[str, str, tuple[int, ...], Any] | None:
-        """Copy ``array`` into a new segment and return its persistent id (None to pickle it)."""
+    def put(self, array: Any) -> tuple[Any, ...] | None:
+        """Copy ``array`` into a new segment (or register it for forked workers to inherit)
+        and return its persistent id (None to pickle it)."""
+        if self.inherit and array.flags.writeable:
+            self.inherited.append(len(_INHERITED))
+            _INHERITED.append(array)
+            return (_INHERITED_TAG, self.inherited[-1])
         if not self.enabled:
             return None
         import numpy as np
@@ -185,6 +255,11 @@ class SharedArrays:
             except OSError:
                 pass
         self.fds.clear()
+        for index in self.inherited:
+            _INHERITED[index] = None
+        self.inherited.clear()
+        while _INHERITED and _INHERITED[-1] is None:
+            _INHERITED.pop()
 
 
 def loads_payload(blob: bytes) -> Any:

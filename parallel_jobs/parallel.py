@@ -680,7 +680,7 @@ class Parallel:
     def _make_runner(self) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy,
+            copy=self.choice.copy, njobs=self.njobs,
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
@@ -1015,6 +1015,9 @@ def parallelize(
         >>> parallelize(f, iterkwargs={"x": [1, 2, 3], "y": [2, 3, 4]}, parallelizer="thread")
         [2, 6, 12]
     """
+    if "label" in func_kwargs and (kwargs is None or isinstance(kwargs, Mapping)):
+        # Not an option of parallelize(), as in sciris: an argument of the function.
+        kwargs = {**(kwargs or {}), "label": func_kwargs.pop("label")}
     parallel = Parallel(
         func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
         serial, progress, callback, globaldict, None, capture, die, lbkwargs, start_method,

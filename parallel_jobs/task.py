@@ -451,6 +451,9 @@ class Batch:
     requeue: Sequence[int] = ()
     stdout: list[str] | None = None
     stderr: list[str] | None = None
+    retire: bool = False
+    """Set by a forked worker that must run no further task (one of its tasks wrote to an
+    array it inherited, see ``_shm``): it exits once this batch is sent."""
 
     def cut(self, ran: int) -> None:
         """Keep only the first ``ran`` tasks; the others did not run and go to ``requeue``."""

@@ -166,6 +166,11 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
         if stoppable and slot[STOP]:
             batch.cut(pos)
             break
+        if pos and blob is not None and _written_inherited():
+            # The last task wrote to an array this worker inherited: the rest would see it.
+            batch.cut(pos)
+            batch.retire = True
+            break
         try:
             if blob is not None:
                 func, shared_args, shared_kwargs = _fresh(payload, blob)
@@ -224,7 +229,15 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     slot[STARTED] = IDLE
     if seeder is not None:
         seeder.end()
+    if blob is not None and not batch.retire and _written_inherited():
+        batch.retire = True
     return batch
+
+
+def _written_inherited() -> bool:
+    from ._shm import inherited_written
+
+    return inherited_written()
 
 
 def _fresh(payload: Payload, blob: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
@@ -530,6 +543,7 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
            refusal: SerializationError | None) -> bool:
     """Run chunks until the run ends; True if it ended with :data:`RELEASE` (keep serving)."""
     while True:
+        retire = False
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
@@ -547,10 +561,14 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
                 reply = dumps(refusal)
             else:
                 assert isinstance(payload, Payload)
-                reply = encode_batch(run_chunk(payload, chunk, slot))
+                batch = run_chunk(payload, chunk, slot)
+                reply = encode_batch(batch)
+                retire = batch.retire  # the parent knows it from the batch
         try:
             conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
+            return False
+        if retire:
             return False
 
 

@@ -461,3 +461,13 @@ def signal_self_on(x: int, signum: int, bad: int = 1) -> int:
         signal.raise_signal(signum)
         time.sleep(5)  # not reached when the handler raised
     return x
+
+
+# -- per-task copies (issue 10) -----------------------------------------------------------------
+
+
+def write_and_read_back(x: int, data: Any) -> tuple[float, float]:
+    """What ``data[0, 0]`` held when this task began, and after it wrote ``x`` there."""
+    before = float(data[0, 0])
+    data[0, 0] = x
+    return before, float(data[0, 0])

@@ -39,7 +39,7 @@ def no_segment_left() -> object:
     assert segments() == []
 
 
-@pytest.mark.parametrize("start_method", ["fork", *PICKLED])
+@pytest.mark.parametrize("start_method", PICKLED)
 def test_a_large_shared_array_arrives_as_a_private_view_of_shared_memory(
     start_method: str, big: object
 ) -> None:
@@ -53,6 +53,28 @@ def test_a_large_shared_array_arrives_as_a_private_view_of_shared_memory(
         assert total == pytest.approx(float(big[row].sum()))  # type: ignore[index]
         assert len(live) == 1  # one segment, shared by every task and both workers
     assert segments() == []
+
+
+def test_a_forked_worker_inherits_a_large_array_instead_of_a_copy(big: object) -> None:
+    P = Parallel(jobs.shared_view, range(8), ncpus=2, start_method="fork", data=big,
+                 owner=os.getpid())
+    P.run()
+    assert P.results is not None
+    for row, (writeable, _, total, live) in enumerate(P.results):
+        assert writeable
+        assert total == pytest.approx(float(big[row].sum()))  # type: ignore[index]
+        assert live == []  # no segment: nothing was copied
+
+
+def test_a_forked_worker_whose_task_wrote_to_an_inherited_array_retires(big: object) -> None:
+    # Every task writes: each must still find the pristine array, so each worker retires after
+    # one task and a fresh fork runs the next; none is lost or run twice.
+    P = Parallel(jobs.write_and_read_back, range(8), ncpus=2, start_method="fork", data=big,
+                 chunksize=4)
+    P.run()
+    assert P.results == [(0.0, float(x)) for x in range(8)]
+    assert len(set(P.task_results[i].pid for i in range(8))) == 8
+    assert big[0, 0] == 0.0  # type: ignore[index]
 
 
 def test_arrays_are_shared_wherever_they_sit_in_the_arguments(big: object) -> None:

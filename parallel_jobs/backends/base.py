@@ -45,12 +45,14 @@ class BackendOptions:
         timeout: seconds a task may run, or None.
         start_method: 'fork', 'spawn', 'forkserver', or None for the library's choice.
         copy: give every task its own deep copy of the arguments (the '-copy' parallelizers).
+        njobs: how many tasks the run has (0: unknown).
     """
 
     ncpus: int
     timeout: float | None = None
     start_method: str | None = None
     copy: bool = False
+    njobs: int = 0
 
 
 class Backend(abc.ABC):

@@ -120,6 +120,11 @@ def _preload_forkserver(module: Any) -> None:
     module.set_forkserver_preload(preload)
 
 
+INHERIT_MOST_TASKS = 200
+"""Forked workers inherit the large arrays of a run of up to this many tasks per worker (see
+``_shm``); longer runs copy them to shared memory once."""
+
+
 class _Worker:
     __slots__ = ("chunk", "conn", "number", "process", "slot")
 
@@ -286,7 +291,11 @@ class ProcessPoolBackend(Backend):
             if needs_copies(payload):
                 from .._shm import SharedArrays
 
-                self.shared = SharedArrays()
+                # Large arrays stay where they are, inherited, unless a run of many tasks
+                # makes checking them after each task cost more than one copy to shared memory
+                # (a check reads 8 bytes of page table per 4 KiB: 1/200 of copying them).
+                inherit = self.options.njobs <= INHERIT_MOST_TASKS * self.options.ncpus
+                self.shared = SharedArrays(inherit=inherit)
                 payload = pack_per_task(payload, self.shared)
             self.payload = payload
             return
@@ -469,7 +478,12 @@ class ProcessPoolBackend(Backend):
             if worker.conn.poll():
                 data = worker.conn.recv_bytes()
                 worker.chunk = None
-                return decode_batch(data, chunk, worker.process.pid)
+                batch = decode_batch(data, chunk, worker.process.pid)
+                if batch.retire:
+                    # It wrote to an array it inherited and exits now; the next chunk for its
+                    # slot forks a fresh worker.
+                    self._discard(worker)
+                return batch
         except (EOFError, OSError):
             pass
         if worker.process.is_alive():

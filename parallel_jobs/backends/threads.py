@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, run_chunk
+from ..worker import IDLE, STOP, run_chunk
 from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
 
 __all__ = ["ThreadBackend"]
@@ -30,7 +30,8 @@ class _ThreadWorker:
         self.outbox = outbox
         self.copy = copy
         self.inbox: queue.SimpleQueue[Chunk | None] = queue.SimpleQueue()
-        self.slot: list[float] = [0.0, IDLE]
+        # The running task, since when, and the caller's stop (see worker.run_chunk).
+        self.slot: list[float] = [0.0, IDLE, 0.0]
         self.chunk: Chunk | None = None
         self.abandoned = False
         self.thread = threading.Thread(
@@ -63,6 +64,7 @@ class ThreadBackend(Backend):
 
     name = "thread"
     stops_tasks = False
+    stops_mid_chunk = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
@@ -81,6 +83,10 @@ class ThreadBackend(Backend):
     def _new(self, number: int) -> _ThreadWorker:
         assert self.payload is not None
         return _ThreadWorker(number, self.payload, self.outbox, self.options.copy)
+
+    def stop_tasks(self) -> None:
+        for worker in self.workers:
+            worker.slot[STOP] = 1.0
 
     def free_slots(self) -> int:
         return sum(1 for w in self.workers if w.chunk is None)
