@@ -104,13 +104,23 @@ def _mutate(x: list[int]) -> int:
     return len(x)
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("parallelizer", "copied"),
-    [("serial", False), ("serial-copy", True), ("thread", False), ("thread-copy", True)],
+    [("serial", False), ("serial-copy", True), ("thread", False), ("thread-copy", True),
+     # Process backends pickle a copy for each task, as sciris did, whatever the start
+     # method and however many tasks one worker runs in one chunk.
+     *[(f"{name}:{method}:{chunk}", True) for name in ("multiprocess", "multiprocessing", "fast")
+       for method in ("fork", "spawn", "forkserver") for chunk in (1, 3)]],
 )
 def test_copy_gives_each_task_its_own_arguments(parallelizer: str, copied: bool) -> None:
     shared: list[int] = []
-    results = parallelize(_mutate, 3, args=[shared], ncpus=1, parallelizer=parallelizer)
+    options: dict[str, Any] = {}
+    if ":" in parallelizer:
+        parallelizer, method, chunk = parallelizer.split(":")
+        options = {"start_method": method, "chunksize": int(chunk)}
+    results = parallelize(_mutate, 3, args=[shared], ncpus=1, parallelizer=parallelizer,
+                          **options)
     if copied:
         assert (results, shared) == ([1, 1, 1], [])
     else:
