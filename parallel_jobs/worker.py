@@ -426,7 +426,7 @@ class TaskSeeder:
         Examples:
             >>> import numpy as np
             >>> spawned = np.random.SeedSequence(12345).spawn(3)[2]
-            >>> TaskSeeder(12345, eager=True).seed_of(2) == spawned.generate_state(1)[0]
+            >>> TaskSeeder(12345, eager=True).seed_of(2) == int(spawned.generate_state(1)[0])
             True
         """
         if index > _MASK:

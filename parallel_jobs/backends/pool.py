@@ -294,7 +294,8 @@ class ProcessPoolBackend(Backend):
                 # Large arrays stay where they are, inherited, unless a run of many tasks
                 # makes checking them after each task cost more than one copy to shared memory
                 # (a check reads 8 bytes of page table per 4 KiB: 1/200 of copying them).
-                inherit = self.options.njobs <= INHERIT_MOST_TASKS * self.options.ncpus
+                njobs = self.options.njobs  # 0: not known (a stream), so possibly endless
+                inherit = 0 < njobs <= INHERIT_MOST_TASKS * self.options.ncpus
                 self.shared = SharedArrays(inherit=inherit)
                 payload = pack_per_task(payload, self.shared)
             self.payload = payload
