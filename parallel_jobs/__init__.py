@@ -15,7 +15,9 @@ Examples:
 from ._cpus import cpu_count
 from .backends import PARALLELIZERS
 from .backends.pool import release_workers
+from .checkpoint import load_checkpoint
 from .errors import (
+    CheckpointError,
     ParallelJobsError,
     RemoteTaskError,
     RemoteTraceback,
@@ -32,6 +34,7 @@ __version__ = "0.3.0"
 
 __all__ = [
     "PARALLELIZERS",
+    "CheckpointError",
     "LoadMonitor",
     "LoadSample",
     "Parallel",
@@ -46,6 +49,7 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "cpu_count",
+    "load_checkpoint",
     "parallelize",
     "release_workers",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 from ._cpus import cpu_count
 from .backends import Choice, resolve
 from .backends.base import BackendOptions
+from .checkpoint import Checkpoint
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import make_reporter
 from .runner import Runner, RunPlan
@@ -296,6 +297,7 @@ class Parallel:
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
+        checkpoint: the checkpoint file's path, or None; ``rerun_failed`` as given.
         load_samples: the machine's load sampled during the run.
         keep_records: whether runs keep per-task records.
 
@@ -335,6 +337,8 @@ class Parallel:
         retries: int = 0,
         chunksize: int | None = None,
         keep_records: bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
+        rerun_failed: bool = True,
         **func_kwargs: Any,
     ) -> None:
         if not callable(func):
@@ -392,6 +396,8 @@ class Parallel:
             _positive(chunksize, "chunksize", integer=True))
         self.start_method: str | None = self._check_start_method(start_method)
         self.keep_records: bool = _flag(keep_records, "keep_records")
+        self.checkpoint: str | None = _checkpoint_path(checkpoint)
+        self.rerun_failed: bool = _flag(rerun_failed, "rerun_failed")
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -696,11 +702,16 @@ class Parallel:
         if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
         self._store = ResultStore(self.njobs, self.retries, self.keep_records, self.capture)
+        checkpoint = None
+        if self.checkpoint is not None:
+            # Last, so that nothing after it can fail and leave the file locked.
+            checkpoint = Checkpoint.open(self.checkpoint, self._plan.payload,
+                                         rerun_failed=self.rerun_failed)
         return Runner(
             self._plan, backend, self._store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=self.capture,
+            ncpus=self.ncpus, capture=self.capture, checkpoint=checkpoint,
         )
 
     def _begin(self) -> Runner:
@@ -870,6 +881,20 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _checkpoint_path(path: Any) -> str | None:
+    """``checkpoint`` as a path string, or None."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"checkpoint must be a file path (str or os.PathLike), not {type(path).__name__}"
+        raise TypeError(msg)
+    name = os.fspath(path)
+    if not isinstance(name, str) or not name:
+        msg = f"checkpoint must be a non-empty text path, not {path!r}"
+        raise TypeError(msg)
+    return name
+
+
 def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:
     """Validate ``iterkwargs``; return it in indexable form and the number of tasks."""
     if isinstance(iterkwargs, Mapping):
@@ -961,6 +986,8 @@ def parallelize(
     retries: int = 0,
     chunksize: int | None = None,
     keep_records: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    rerun_failed: bool = True,
     **func_kwargs: Any,
 ) -> list[Any]:
     """Call ``func`` once per input, in parallel, and return the results in input order.
@@ -1001,6 +1028,12 @@ def parallelize(
         chunksize: tasks per message to a worker (default: sized from measured durations).
         keep_records: keep each task's timings and the machine's load, which only a
             ``Parallel`` shows; off here, where only the results are returned.
+        checkpoint: a SQLite file that each finished task is written to as it finishes; a
+            run that finds it there runs only the tasks it lacks, or whose inputs changed
+            (see docs/long-runs.md). Another run holding it, or a file of another function,
+            is a :class:`~parallel_jobs.CheckpointError` at the start.
+        rerun_failed: with ``checkpoint``, run the tasks that failed before again (False:
+            keep their failures).
         **func_kwargs: merged into ``kwargs``. A keyword close to an option's name
             (``ncpu=``) that ``func`` cannot take is a TypeError, before anything runs.
 
@@ -1022,7 +1055,7 @@ def parallelize(
         func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
         serial, progress, callback, globaldict, None, capture, die, lbkwargs, start_method,
         timeout=timeout, retries=retries, chunksize=chunksize, keep_records=keep_records,
-        **func_kwargs,
+        checkpoint=checkpoint, rerun_failed=rerun_failed, **func_kwargs,
     )
     parallel.run()
     assert parallel.results is not None
