@@ -27,7 +27,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .monitor import LoadMonitor, LoadSample
-from .parallel import Parallel, parallelize
+from .parallel import Parallel, imap, parallelize
 from .task import Task, TaskResult
 
 __version__ = "0.3.0"
@@ -49,6 +49,7 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "cpu_count",
+    "imap",
     "load_checkpoint",
     "parallelize",
     "release_workers",

@@ -28,11 +28,12 @@ from .backends.base import BackendOptions
 from .checkpoint import Checkpoint
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import make_reporter
-from .runner import Runner, RunPlan
-from .store import CANCELLED, SUCCEEDED, ResultStore
+from .runner import Runner, RunPlan, TaskSource
+from .store import CANCELLED, SUCCEEDED, OutcomeStore, ResultStore
+from .stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit
 from .task import Payload, TaskResult
 
-__all__ = ["Parallel", "parallelize"]
+__all__ = ["Parallel", "imap", "parallelize"]
 
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
@@ -412,7 +413,11 @@ class Parallel:
         kwargs: Mapping[str, Any] | None,
         globaldict: Mapping[str, Any] | None,
         func_kwargs: Mapping[str, Any],
-    ) -> RunPlan:
+    ) -> RunPlan | StreamPlan:
+        if isinstance(iterarg, Stream) or isinstance(iterkwargs, Stream):
+            payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
+            return StreamPlan(getattr(iterarg, "values", iterarg),
+                              getattr(iterkwargs, "values", iterkwargs), payload, globaldict)
         njobs: int | None = None
         values: Sequence[Any] | None = None
         if iterarg is not None:
@@ -437,6 +442,16 @@ class Parallel:
                 f"iterkwargs={iterkwargs!r})"
             )
             raise ValueError(msg)
+        payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
+        return RunPlan(njobs, values, per_task, payload, globaldict)
+
+    def _make_payload(
+        self,
+        args: Any,
+        kwargs: Mapping[str, Any] | None,
+        globaldict: Mapping[str, Any] | None,
+        func_kwargs: Mapping[str, Any],
+    ) -> Payload:
         if args is None:
             shared_args: tuple[Any, ...] = ()
         elif isinstance(args, (list, tuple)):
@@ -453,8 +468,7 @@ class Parallel:
             msg = f"globaldict must be a dict, not {type(globaldict).__name__}"
             raise TypeError(msg)
         shared_kwargs = {**(kwargs or {}), **func_kwargs}
-        payload = Payload(self.func, shared_args, shared_kwargs)
-        return RunPlan(njobs, values, per_task, payload, globaldict)
+        return Payload(self.func, shared_args, shared_kwargs)
 
     def _resolve_ncpus(self, ncpus: Any) -> int:
         available = cpu_count()
@@ -469,7 +483,7 @@ class Parallel:
                 )
                 raise ValueError(msg)
             count = math.ceil(available * share) if share < 1 else int(share)
-        return max(1, min(count, self.njobs))
+        return max(1, count if self.njobs is None else min(count, self.njobs))
 
     @staticmethod
     def _check_start_method(start_method: str | None) -> str | None:
@@ -607,7 +621,7 @@ class Parallel:
                 "plot_timeline(); parallelize() keeps none, as it returns only the results"
             )
             raise RuntimeError(msg)
-        return [self._store.task_result(i) for i in range(self.njobs)]
+        return [self._store.task_result(i) for i in range(self._store.njobs)]
 
     def __repr__(self) -> str:
         label = f"{self.label!r}, " if self.label else ""
@@ -683,7 +697,8 @@ class Parallel:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _make_runner(self) -> Runner:
+    def _make_runner(self, store: OutcomeStore | None = None,
+                     source: TaskSource | None = None) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
             copy=self.choice.copy, njobs=self.njobs,
@@ -701,25 +716,31 @@ class Parallel:
         gate = None
         if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        self._store = ResultStore(self.njobs, self.retries, self.keep_records, self.capture)
+        if store is None:
+            if self.njobs is None:
+                msg = "this Parallel reads its input as a stream: iterate over imap() instead"
+                raise TypeError(msg)
+            store = self._store = ResultStore(self.njobs, self.retries, self.keep_records,
+                                              self.capture)
         checkpoint = None
         if self.checkpoint is not None:
             # Last, so that nothing after it can fail and leave the file locked.
             checkpoint = Checkpoint.open(self.checkpoint, self._plan.payload,
                                          rerun_failed=self.rerun_failed)
         return Runner(
-            self._plan, backend, self._store, monitor=monitor, gate=gate,
+            self._plan, backend, store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=self.capture, checkpoint=checkpoint,
+            ncpus=self.ncpus, capture=self.capture, checkpoint=checkpoint, source=source,
         )
 
-    def _begin(self) -> Runner:
+    def _begin(self, store: OutcomeStore | None = None,
+               source: TaskSource | None = None) -> Runner:
         if self.running:
             msg = "this Parallel is already running; call finalize() before running it again"
             raise RuntimeError(msg)
         self.reset()
-        self._runner = self._make_runner()
+        self._runner = self._make_runner(store, source)
         self._status = _RUNNING
         self.times["started"] = datetime.datetime.now()
         self._t0 = time.perf_counter()
@@ -744,6 +765,60 @@ class Parallel:
             finally:
                 self._complete()
         return self
+
+    def imap(self, ordered: bool = True, records: bool = False) -> Iterator[Any]:
+        """Run the tasks, yielding each one's result as soon as it may be: in input order
+        (``ordered=True``), or as tasks finish (``ordered=False``).
+
+        Timeouts, retries, crash isolation, ``die``, progress, the callback and the checkpoint
+        work as in :meth:`run`; a failed task's result is its exception (with ``die=False``).
+        Results are not kept: ``results`` and the other per-task lists stay None, and only
+        what the caller has not taken yet is held. Breaking out of the loop, or closing the
+        generator, stops the run at once: running tasks are stopped, and nothing (process,
+        thread, shared memory, checkpoint lock) is left behind. Nothing starts until the first
+        result is asked for. For an input too long to list, see :func:`~parallel_jobs.imap`.
+
+        Args:
+            ordered: yield in input order; False yields in completion order.
+            records: yield a :class:`~parallel_jobs.TaskResult` per task (value, success,
+                exception, timings, pid, attempts, output) instead of the bare result.
+
+        Examples:
+            >>> P = Parallel(abs, [-1, 2, -3], parallelizer="serial")
+            >>> [r for r in P.imap()]
+            [1, 2, 3]
+            >>> [(r.index, r.value) for r in P.imap(records=True)]
+            [(0, 1), (1, 2), (2, 3)]
+        """
+        ordered = _flag(ordered, "ordered")
+        records = _flag(records, "records")
+        if self.running:
+            msg = "this Parallel is already running; call finalize() before running it again"
+            raise RuntimeError(msg)
+        return self._imap(ordered, records)
+
+    def _imap(self, ordered: bool, records: bool) -> Iterator[Any]:
+        plan = self._plan
+        source = None
+        forget = None
+        if isinstance(plan, StreamPlan):
+            source = StreamSource(plan, held_limit(self.ncpus))
+            forget = plan.forget
+        store = StreamStore(records, self.capture, ordered, forget)
+        runner = self._begin(store, source)
+        steps = runner.iterate()
+        try:
+            with _sigterm_as_interrupt():
+                for _ in steps:
+                    yield from store.ready()
+                yield from store.ready(final=True)
+        finally:
+            steps.close()  # stops and cleans up a run whose caller stopped iterating
+            self.times["finished"] = datetime.datetime.now()
+            self.times["elapsed"] = time.perf_counter() - self._t0
+            self.globaldict = runner.globaldict
+            self.load_samples = list(runner.monitor.samples)
+            self._status = _DONE
 
     def run_async(self) -> Parallel:
         """Start the run in the background and return at once; see :meth:`monitor` and
@@ -857,7 +932,7 @@ class Parallel:
         self.globaldict = runner.globaldict
         self.load_samples = list(runner.monitor.samples)
         self._status = _DONE
-        ran = self.njobs - store.cancelled
+        ran = store.njobs - store.cancelled
         succeeded = store.succeeded
         if not self.die and succeeded < ran:
             msg = (
@@ -1060,6 +1135,83 @@ def parallelize(
     parallel.run()
     assert parallel.results is not None
     return parallel.results
+
+
+def imap(
+    func: Callable[..., Any],
+    iterarg: Any = None,
+    iterkwargs: Any = None,
+    args: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    ncpus: float | None = None,
+    maxcpu: float | None = None,
+    maxmem: float | None = None,
+    interval: float | None = None,
+    parallelizer: str | Callable[..., Any] | None = None,
+    serial: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    globaldict: Mapping[str, Any] | None = None,
+    capture: bool = False,
+    die: bool = True,
+    lbkwargs: Mapping[str, Any] | None = None,
+    start_method: str | None = None,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    chunksize: int | None = None,
+    keep_records: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    rerun_failed: bool = True,
+    ordered: bool = True,
+    records: bool = False,
+    **func_kwargs: Any,
+) -> Iterator[Any]:
+    """Call ``func`` once per input, in parallel, yielding each result as it may be.
+
+    The one-line form of :meth:`Parallel.imap`, taking the options of :func:`parallelize`.
+    ``iterarg`` and ``iterkwargs`` (a dict of iterables, or an iterable of dicts) are read
+    lazily, only as tasks are sent: a generator that never ends is fine, and the parent holds
+    a bounded number of tasks (running, or finished and not yet taken) whatever the input's
+    length. Callbacks see ``njobs`` None, and a progress bar shows no total. Breaking out of
+    the loop or closing the generator stops the run at once and leaves nothing behind.
+
+    Args:
+        func, iterarg, iterkwargs: as for :func:`parallelize`; any iterable, read lazily.
+        ordered: yield in input order; False yields in completion order.
+        records: yield a :class:`~parallel_jobs.TaskResult` per task instead of its result.
+        args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer, serial, progress,
+            callback, globaldict, capture, die, lbkwargs, start_method, label, timeout, retries,
+            chunksize, keep_records, checkpoint, rerun_failed, **func_kwargs: as for
+            :func:`parallelize`.
+
+    Returns:
+        A generator of results (or TaskResults); a failed task's result is its exception
+        with ``die=False``, and with ``die=True`` the generator raises it.
+
+    Examples:
+        >>> import itertools
+        >>> squares = imap(abs, itertools.count(-2), parallelizer="serial")
+        >>> [next(squares) for _ in range(4)]
+        [2, 1, 0, 1]
+        >>> squares.close()  # stops the run
+    """
+    parallel = Parallel(
+        func, _streamed(iterarg), _streamed(iterkwargs), args, kwargs, ncpus, maxcpu, maxmem,
+        interval, parallelizer, serial, progress, callback, globaldict, label, capture, die,
+        lbkwargs, start_method, timeout=timeout, retries=retries, chunksize=chunksize,
+        keep_records=keep_records, checkpoint=checkpoint, rerun_failed=rerun_failed,
+        **func_kwargs,
+    )
+    return parallel.imap(ordered, records)
+
+
+def _streamed(values: Any) -> Any:
+    """``values`` marked to be read lazily; a count of calls stays a count, and None None."""
+    if values is None or (isinstance(values, Integral) and not isinstance(values, bool)):
+        return values
+    return Stream(values)
 
 
 #: The options of :class:`Parallel` and :func:`parallelize`, for "did you mean" hints.

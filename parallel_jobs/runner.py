@@ -22,7 +22,7 @@ import logging
 import reprlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -37,12 +37,13 @@ from .errors import (
 )
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
-from .store import SUCCEEDED, ResultStore
+from .store import SUCCEEDED, OutcomeStore
 from .task import Batch, Chunk, Failure, Payload, Task, task_call
 from .worker import binds_random_early, draw_entropy
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
+    from .stream import StreamPlan
 
 __all__ = ["Chunker", "RunPlan", "Runner", "TaskSource", "describe"]
 
@@ -249,9 +250,9 @@ class Runner:
 
     def __init__(
         self,
-        plan: RunPlan,
+        plan: RunPlan | StreamPlan,
         backend: Backend,
-        store: ResultStore,
+        store: OutcomeStore,
         *,
         monitor: LoadMonitor,
         gate: LoadGate | None = None,
@@ -281,7 +282,10 @@ class Runner:
             limit = 1
         self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit,
                                target=backend.chunk_target, floor=backend.chunk_floor)
-        self.source = source if source is not None else TaskSource(plan.njobs)
+        if source is None:
+            assert plan.njobs is not None, "a stream's plan comes with its own source"
+            source = TaskSource(plan.njobs)
+        self.source = source
         self.checkpoint = checkpoint
         self.stopped = False
         self._monitor_due = 0.0
@@ -294,7 +298,7 @@ class Runner:
         for _ in self.iterate():
             pass
 
-    def iterate(self) -> Iterator[None]:
+    def iterate(self) -> Generator[None, None, None]:
         """Run as :meth:`run` does, pausing after each round of outcomes stored (``imap``
         takes them from the store then); closing the generator stops the run and cleans up."""
         abort = True

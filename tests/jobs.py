@@ -506,3 +506,8 @@ def noisy_square(x: int) -> int:
 def generator_of(x: int) -> Any:
     """Return a generator, which no pickler can pickle (for 'thread' and 'serial' runs)."""
     return (i for i in range(x))
+
+
+def wait_unless(x: int, path: str, free: int = 0) -> int:
+    """Return task ``free``'s ``x`` at once; the others wait for ``path`` to exist."""
+    return x if x == free else wait_for_path(x, path)

@@ -30,7 +30,7 @@ def test_all_is_pinned() -> None:
         "PARALLELIZERS", "CheckpointError", "LoadMonitor", "LoadSample", "Parallel",
         "ParallelJobsError", "RemoteTaskError", "RemoteTraceback", "SerializationError", "Task",
         "TaskResult", "TaskTimeoutError", "UnknownParallelizerError", "WorkerCrashedError",
-        "__version__", "cpu_count", "load_checkpoint", "parallelize", "release_workers",
+        "__version__", "cpu_count", "imap", "load_checkpoint", "parallelize", "release_workers",
     ])
 
 
