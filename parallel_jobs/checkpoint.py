@@ -2,9 +2,9 @@
 
 ::
 
-    Runner._dispatch ──chunk──▶ Checkpoint.split ──restored batches──▶ ResultStore
+    Runner._dispatch ──chunk──▶ Checkpoint.split ──restored batches──▶ store
                                      │ (the key of each task sent, until it is written)
-    Runner._absorb ──batch──▶ Checkpoint.write ──one transaction per batch──▶ tasks table
+    Runner._absorb ──batch──▶ Checkpoint.write ──one row, one transaction──▶ batches table
 
 The parent writes, whatever the backend: a batch is committed as it arrives, before the
 progress bar, a callback or ``imap`` can report its tasks done, so that what was reported done is
@@ -12,12 +12,16 @@ in the file even when the parent is killed the next instant. SQLite in WAL mode 
 commit atomic; ``synchronous=NORMAL`` keeps a commit that a killed process made (only a power
 loss may take back the last ones).
 
+A batch is one row, its per-task columns packed (JSON indices, one pickle of the results, arrays
+of timings): a row per task would cost a run of tiny tasks more than the tasks themselves. The
+``tasks`` view unpacks what SQL can read (index, status, process, error) one row per task.
+
 While a run lives it holds an exclusive ``flock`` on the file, which the kernel releases when the
 process dies however it dies: a second run on the same file fails at its start, and a run killed
 with SIGKILL leaves no stale lock. Any check that fails leaves the file as it was.
 
-The file's layout is documented in ``docs/long-runs.md`` and read with nothing but ``sqlite3``.
-This module owns the file; it reads the run's tasks and batches and never touches a backend.
+The layout is documented in ``docs/long-runs.md``. This module owns the file; it reads the run's
+chunks and batches and never touches a backend.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ from __future__ import annotations
 import datetime
 import fcntl
 import hashlib
+import itertools
+import json
 import os
 import pickle
 import sqlite3
 import time
 import urllib.parse
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import attrs
 
 from .errors import CheckpointError
 from .task import (
@@ -49,41 +58,79 @@ __all__ = ["Checkpoint", "function_name", "load_checkpoint"]
 FORMAT = "1"
 """The version of the file's layout, kept in its ``meta`` table."""
 
-WINDOW = 1024
-"""Rows read from the file at once when looking for tasks already done."""
+WINDOW = 4096
+"""Task indices looked up in the file at once when looking for tasks already done."""
 
-_SCHEMA = """
-CREATE TABLE meta (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE tasks (
-    idx INTEGER PRIMARY KEY,
-    key TEXT NOT NULL,
-    status TEXT NOT NULL,
-    result BLOB,
-    started REAL,
-    finished REAL,
-    elapsed REAL,
-    cpu_time REAL,
-    peak_rss INTEGER,
-    pid INTEGER,
-    attempts INTEGER,
-    error_type TEXT,
-    error_message TEXT,
-    traceback TEXT,
-    exception BLOB,
-    stdout TEXT,
-    stderr TEXT
-);
-"""
-_COLUMNS = (
-    "idx, key, status, result, started, finished, elapsed, cpu_time, peak_rss, pid, attempts, "
-    "error_type, error_message, traceback, exception, stdout, stderr"
+_SCHEMA = (
+    """CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
+        lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL,
+        indices TEXT,
+        pid INTEGER NOT NULL,
+        written REAL NOT NULL,
+        shared BLOB NOT NULL,
+        keys BLOB NOT NULL,
+        results BLOB NOT NULL,
+        started BLOB NOT NULL,
+        elapsed BLOB NOT NULL,
+        cpu_time BLOB NOT NULL,
+        peak_rss BLOB NOT NULL,
+        attempts BLOB,
+        output TEXT
+    )""",
+    "CREATE INDEX batches_lo ON batches (lo)",
+    """CREATE TABLE failures (
+        idx INTEGER NOT NULL,
+        batch INTEGER NOT NULL REFERENCES batches (id),
+        status TEXT NOT NULL,
+        error_type TEXT,
+        error_message TEXT,
+        traceback TEXT,
+        exception BLOB,
+        PRIMARY KEY (idx, batch)
+    )""",
+    # One row per task, from its latest batch: a batch lists its tasks in ``indices`` (JSON),
+    # or holds tasks lo to hi - 1 when that is NULL (SQLite takes the other columns from the
+    # row that max() picks).
+    """CREATE VIEW tasks AS
+    WITH RECURSIVE consecutive(batch, idx, hi) AS (
+        SELECT id, lo, hi FROM batches WHERE indices IS NULL
+        UNION ALL
+        SELECT batch, idx + 1, hi FROM consecutive WHERE idx + 1 < hi
+    ), every(batch, idx) AS (
+        SELECT batch, idx FROM consecutive
+        UNION ALL
+        SELECT b.id, CAST(j.value AS INTEGER) FROM batches AS b, json_each(b.indices) AS j
+        WHERE b.indices IS NOT NULL
+    )
+    SELECT e.idx AS idx, max(e.batch) AS batch, coalesce(f.status, 'succeeded') AS status,
+           b.pid AS pid, f.error_type AS error_type, f.error_message AS error_message
+    FROM every AS e JOIN batches AS b ON b.id = e.batch
+    LEFT JOIN failures AS f ON f.batch = e.batch AND f.idx = e.idx
+    GROUP BY e.idx""",
 )
-_INSERT = f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_BATCH_COLUMNS = (
+    "id, lo, hi, indices, pid, shared, keys, results, started, elapsed, cpu_time, peak_rss, "
+    "attempts, output"
+)
+_INSERT_BATCH = (
+    "INSERT INTO batches (lo, hi, indices, pid, written, shared, keys, results, started, "
+    "elapsed, cpu_time, peak_rss, attempts, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?)"
+)
+_INSERT_FAILURE = (
+    "INSERT INTO failures (idx, batch, status, error_type, error_message, traceback, "
+    "exception) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
-SUCCEEDED, FAILED, UNSAVED = "succeeded", "failed", "unsaved"
+FAILED, UNSAVED = "failed", "unsaved"
+_NUMBERS = frozenset({int, float, complex, bool, type(None)})
+"""Per-task values that are their own key (compared by type and value): no hashing."""
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -100,11 +147,46 @@ def function_name(func: Callable[..., Any]) -> str:
 
 
 def _shared_digest(payload: Payload) -> bytes:
-    """What every task's key starts from: the function's name and the shared arguments
+    """What every task of a run shares, digested: the function's name and the shared arguments
     (``globaldict``, shared on purpose and changed by tasks, is no input)."""
     kwargs = sorted((k, v) for k, v in payload.kwargs.items() if k != "globaldict")
     blob = dumps((function_name(payload.func), tuple(payload.args), kwargs))
     return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _key(value: Any) -> Any:
+    """A task's key: its value when it is a number or None, else a digest of its pickle
+    (``b'#'`` and 16 bytes); a value that cannot be pickled gets a key that matches nothing."""
+    if type(value) in _NUMBERS:
+        return value
+    try:
+        blob = dumps(value)
+    except Exception:
+        return os.urandom(17)
+    return b"#" + hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _same(old: Any, new: Any) -> bool:
+    return type(old) is type(new) and old == new
+
+
+@attrs.define(slots=True)
+class _Stored:
+    """One batch read back from the file, unpacked as far as matching keys needs."""
+
+    id: int
+    indices: list[int]
+    pid: int
+    matches: bool  # its shared digest is this run's
+    keys: list[Any]
+    results: bytes
+    columns: tuple[bytes, bytes, bytes, bytes, bytes | None, str | None]
+    _values: list[Any] | None = None
+
+    def values(self) -> list[Any]:
+        if self._values is None:
+            self._values = pickle.loads(self.results)
+        return self._values
 
 
 class Checkpoint:
@@ -114,7 +196,7 @@ class Checkpoint:
         path: the file.
         conn: the open connection.
         lock: the descriptor that holds the file's ``flock``.
-        payload: what the run's tasks share, from which their keys start.
+        payload: what the run's tasks share.
         rerun_failed: run again the tasks that failed in an earlier run.
     """
 
@@ -125,16 +207,19 @@ class Checkpoint:
         self.lock = lock
         self.rerun_failed = rerun_failed
         try:
-            self.prefix = _shared_digest(payload)
+            self.shared = _shared_digest(payload)
         except Exception as exc:
             self.close()
             msg = f"the shared arguments cannot be pickled to key the tasks: {exc}"
             raise CheckpointError(path, msg) from exc
-        highest = conn.execute("SELECT max(idx) FROM tasks").fetchone()[0]
+        end, span = conn.execute("SELECT max(hi), max(hi - lo) FROM batches").fetchone()
         #: No task at or beyond this index is in the file: no need to look for it there.
-        self.end = -1 if highest is None else highest
-        self.pending: dict[int, str] = {}  # the keys of tasks sent and not yet written
-        self._window: tuple[int, dict[int, tuple[Any, ...]]] = (-WINDOW, {})  # none read yet
+        self.end = end or 0
+        self.span = span or 0
+        self.pending: dict[int, Any] = {}  # the keys of tasks sent and not yet written
+        self._window = (-1, -1)
+        self._found: dict[int, tuple[_Stored, int]] = {}
+        self._failures: dict[tuple[int, int], tuple[Any, ...]] = {}
         self.wall_offset = time.time() - time.perf_counter()
 
     @classmethod
@@ -162,12 +247,12 @@ class Checkpoint:
             conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
             _check_or_create(conn, name, function_name(payload.func))
             conn.execute("PRAGMA synchronous=NORMAL")
+            return cls(name, conn, lock, payload, rerun_failed)
         except BaseException:
             if conn is not None:
                 conn.close()
             os.close(lock)  # after the connection: closing it drops SQLite's own locks too
             raise
-        return cls(name, conn, lock, payload, rerun_failed)
 
     def close(self) -> None:
         """Let go of the file (safe to repeat)."""
@@ -181,21 +266,18 @@ class Checkpoint:
 
     # -- keys --------------------------------------------------------------------------------------
 
-    def keys(self, chunk: Chunk) -> list[str]:
-        """The key of each task of ``chunk``: a digest of the shared part and its own values."""
-        prefix, blake = self.prefix, hashlib.blake2b
+    @staticmethod
+    def keys(chunk: Chunk) -> list[Any]:
+        """The key of each task of ``chunk`` (see :func:`_key`)."""
         if chunk.iterkwargs is None:
-            values: Iterable[Any] = chunk.itervals if chunk.itervals is not None else [
-                None] * len(chunk)
-        elif chunk.itervals is None:
-            values = chunk.iterkwargs
-        else:
-            values = zip(chunk.itervals, chunk.iterkwargs, strict=True)
-        try:
-            return [blake(prefix + dumps(value), digest_size=16).hexdigest() for value in values]
-        except Exception as exc:
-            msg = f"the values of a task among {list(chunk.indices)} cannot be pickled: {exc}"
-            raise CheckpointError(self.path, msg) from exc
+            if chunk.itervals is None:
+                return [None] * len(chunk)
+            if _NUMBERS.issuperset(map(type, chunk.itervals)):
+                return list(chunk.itervals)  # the common case, at C speed
+            return [_key(value) for value in chunk.itervals]
+        if chunk.itervals is None:
+            return [_key(values) for values in chunk.iterkwargs]
+        return [_key(item) for item in zip(chunk.itervals, chunk.iterkwargs, strict=True)]
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -204,17 +286,20 @@ class Checkpoint:
         from those to run: the first as batches to store, the second as a chunk to send."""
         keys = self.keys(chunk)
         indices = chunk.indices
-        done: list[tuple[int, tuple[Any, ...]]] = []
-        if indices and min(indices) <= self.end:
+        done: list[tuple[int, _Stored, int]] = []
+        if indices and min(indices) < self.end:
             for pos, index in enumerate(indices):
-                row = self._row(index)
-                if row is not None and row[1] == keys[pos] and self._keeps(row):
-                    done.append((pos, row))
+                found = self._lookup(index)
+                if found is not None:
+                    stored, at = found
+                    if stored.matches and _same(stored.keys[at], keys[pos]) and self._keeps(
+                            stored, index):
+                        done.append((pos, stored, at))
         pending = self.pending
         if not done:
             pending.update(zip(indices, keys, strict=True))
             return [], chunk
-        skip = {pos for pos, _ in done}
+        skip = {pos for pos, _, _ in done}
         rest = [pos for pos in range(len(indices)) if pos not in skip]
         for pos in rest:
             pending[indices[pos]] = keys[pos]
@@ -223,99 +308,187 @@ class Checkpoint:
             None if chunk.itervals is None else [chunk.itervals[pos] for pos in rest],
             None if chunk.iterkwargs is None else [chunk.iterkwargs[pos] for pos in rest],
         )
-        return self._batches(row for _, row in done), left
+        return self._batches([(stored, at) for _, stored, at in done]), left
 
-    def _keeps(self, row: tuple[Any, ...]) -> bool:
-        status = row[2]
-        return status == SUCCEEDED or (status == FAILED and not self.rerun_failed)
+    def _keeps(self, stored: _Stored, index: int) -> bool:
+        failure = self._failures.get((index, stored.id))
+        if failure is None:
+            return True
+        return failure[0] == FAILED and not self.rerun_failed
 
-    def _row(self, index: int) -> tuple[Any, ...] | None:
-        start, rows = self._window
-        if not start <= index < start + WINDOW:
-            start = index
-            try:
-                found = self.conn.execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE idx >= ? AND idx < ?",
-                    (start, start + WINDOW)).fetchall()
-            except sqlite3.Error as exc:
-                raise CheckpointError(self.path, f"cannot be read: {exc}") from exc
-            rows = {row[0]: row for row in found}
-            self._window = (start, rows)
-        return rows.get(index)
+    def _lookup(self, index: int) -> tuple[_Stored, int] | None:
+        start, stop = self._window
+        if not start <= index < stop:
+            self._read_window(index, index + WINDOW)
+        return self._found.get(index)
 
-    def _batches(self, rows: Iterable[tuple[Any, ...]]) -> list[Batch]:
-        """Batches of the tasks of ``rows``, one per run of rows from the same process."""
+    def _read_window(self, start: int, stop: int) -> None:
+        """Read the batches that may hold tasks ``start`` to ``stop``; later batches win."""
+        try:
+            rows = self.conn.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE lo >= ? AND lo < ? ORDER BY id",
+                (start - self.span, stop)).fetchall()
+            failures = self.conn.execute(
+                "SELECT idx, batch, status, error_type, error_message, traceback, exception "
+                "FROM failures WHERE idx >= ? AND idx < ?", (start, stop)).fetchall()
+            found: dict[int, tuple[_Stored, int]] = {}
+            for row in rows:
+                stored = _Stored(row[0], _indices(row), row[4], row[5] == self.shared,
+                                 pickle.loads(row[6]), row[7], row[8:14])
+                for at, index in enumerate(stored.indices):
+                    if start <= index < stop:
+                        found[index] = (stored, at)
+        except (sqlite3.Error, ValueError, pickle.UnpicklingError) as exc:
+            raise CheckpointError(self.path, f"cannot be read: {exc}") from exc
+        self._window = (start, stop)
+        self._found = found
+        self._failures = {(row[0], row[1]): row[2:] for row in failures}
+
+    def _batches(self, found: Iterable[tuple[_Stored, int]]) -> list[Batch]:
+        """Batches of the restored tasks, one per run of tasks from the same stored batch."""
         batches: list[Batch] = []
-        group: list[tuple[Any, ...]] = []
-        for row in rows:
-            if group and row[9] != group[-1][9]:
-                batches.append(self._batch(group))
+        group: list[int] = []
+        current: _Stored | None = None
+        for stored, at in found:
+            if current is not None and stored is not current:
+                batches.append(self._batch(current, group))
                 group = []
-            group.append(row)
-        if group:
-            batches.append(self._batch(group))
+            current = stored
+            group.append(at)
+        if current is not None:
+            batches.append(self._batch(current, group))
         return batches
 
-    def _batch(self, rows: list[tuple[Any, ...]]) -> Batch:
-        batch = Batch.empty([row[0] for row in rows], rows[0][9] or 0)
-        batch.stdout = [row[15] or "" for row in rows]
-        batch.stderr = [row[16] or "" for row in rows]
+    def _batch(self, stored: _Stored, positions: list[int]) -> Batch:
+        started, elapsed, cpu_time, peak_rss, _, output = _columns(stored.columns)
+        values = stored.values()
+        batch = Batch.empty([stored.indices[at] for at in positions], stored.pid)
         offset = self.wall_offset
-        for pos, row in enumerate(rows):
-            batch.started[pos] = row[4] - offset if row[4] else 0.0
-            batch.elapsed[pos] = row[6] or 0.0
-            batch.cpu_time[pos] = row[7] or 0.0
-            batch.peak_rss[pos] = row[8] or 0
-            if row[2] == SUCCEEDED:
-                batch.values[pos] = pickle.loads(row[3])
+        outputs = json.loads(output) if output else None
+        batch.stdout = [outputs[at][0] if outputs else "" for at in positions]
+        batch.stderr = [outputs[at][1] if outputs else "" for at in positions]
+        for pos, at in enumerate(positions):
+            batch.started[pos] = started[at] - offset if started[at] else 0.0
+            batch.elapsed[pos] = elapsed[at]
+            batch.cpu_time[pos] = cpu_time[at]
+            batch.peak_rss[pos] = peak_rss[at]
+            failure = self._failures.get((stored.indices[at], stored.id))
+            if failure is None:
+                batch.values[pos] = values[at]
             else:
-                batch.failures[pos] = _rebuild_failure(row[14], row[11], row[12], row[13])
+                batch.failures[pos] = _rebuild_failure(*_failure_parts(failure))
         return batch
 
     # -- writing -----------------------------------------------------------------------------------
 
     def write(self, batch: Batch, final: set[int], attempts_of: Callable[[int], int]) -> None:
-        """Commit the outcomes of ``batch`` in one transaction; a failure that is not in
-        ``final`` will be retried, and is not written."""
-        pending, offset, pid = self.pending, self.wall_offset, batch.pid
-        nothing: list[str | None] = [None] * len(batch.indices)
-        stdout: Sequence[str | None] = batch.stdout or nothing
-        stderr: Sequence[str | None] = batch.stderr or nothing
-        rows = []
-        for pos, index in enumerate(batch.indices):
-            failure = batch.failures.get(pos)
-            if failure is not None and index not in final:
-                continue
-            key = pending.pop(index, None)
-            if key is None:
-                continue  # restored from this very file
-            started, elapsed = batch.started[pos], batch.elapsed[pos]
-            wall = started + offset if started else None
-            times = (wall, wall + elapsed if wall else None, elapsed, batch.cpu_time[pos],
-                     batch.peak_rss[pos], pid, attempts_of(index))
-            if failure is None:
-                try:
-                    outcome: tuple[Any, ...] = (SUCCEEDED, dumps(batch.values[pos]), *times,
-                                                None, None, None, None)
-                except Exception as exc:
-                    # Kept as done for those who read the file, but run again on resume.
-                    outcome = (UNSAVED, None, *times, type(exc).__name__,
-                               f"the result cannot be pickled: {exc}", None, None)
-            else:
-                outcome = (FAILED, None, *times, failure.type_name, failure.message,
-                           failure.traceback, _dumps_exception(failure.exception))
-            rows.append((index, key, *outcome, stdout[pos], stderr[pos]))
-        if not rows:
-            return
+        """Commit the outcomes of ``batch`` as one row, in one transaction; a failure that is not
+        in ``final`` will be retried, and is not written."""
+        indices, failures = batch.indices, batch.failures
+        keep: list[int] | None = None  # positions to write; None: all of them
+        if failures and any(batch.indices[pos] not in final for pos in failures):
+            keep = [pos for pos in range(len(indices))
+                    if pos not in failures or indices[pos] in final]
+        pick = _picker(keep)
+        chosen = pick(indices)
+        if not chosen:
+            return  # a chunk stopped before any of its tasks ran
+        keys = list(map(self.pending.pop, chosen, itertools.repeat(None)))
+        values = pick(batch.values)
+        problems: list[tuple[Any, ...]] = []
+        try:
+            results = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            results = self._dump_each(values, chosen, problems)
+        offset = self.wall_offset
+        started = array("d", [s + offset if s else 0.0 for s in pick(batch.started)])
+        counted = type(indices) is not range  # a range is a first attempt: every count is 1
+        attempts = array("I", map(attempts_of, chosen)).tobytes() if counted else None
+        output = None
+        if batch.stdout is not None:
+            output = json.dumps(list(zip(pick(batch.stdout), pick(batch.stderr or (
+                [""] * len(indices))), strict=True)))
+        if failures:
+            for pos, failure in failures.items():
+                if keep is None or pos in keep:
+                    problems.append((indices[pos], FAILED, failure.type_name, failure.message,
+                                     failure.traceback, _dumps_exception(failure.exception)))
+        lo, hi = min(chosen), max(chosen) + 1
+        # Consecutive tasks (the common case) need no list: lo and hi say which they are.
+        listed = None if hi - lo == len(chosen) and chosen == list(range(lo, hi)) else (
+            json.dumps(chosen))
+        row = (
+            lo, hi, listed, batch.pid, time.time(),
+            self.shared, pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL), results,
+            started.tobytes(), _floats(pick(batch.elapsed)), _floats(pick(batch.cpu_time)),
+            array("q", pick(batch.peak_rss)).tobytes(), attempts, output,
+        )
         conn = self.conn
         try:
+            if not problems:
+                conn.execute(_INSERT_BATCH, row)  # a statement alone is its own transaction
+                return
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, rows)
+            number = conn.execute(_INSERT_BATCH, row).lastrowid
+            conn.executemany(_INSERT_FAILURE, [(p[0], number, *p[1:]) for p in problems])
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise CheckpointError(self.path, f"cannot be written: {exc}") from exc
+
+    @staticmethod
+    def _dump_each(values: list[Any], indices: Sequence[int],
+                   problems: list[tuple[Any, ...]]) -> bytes:
+        """Pickle ``values`` with dill's help where pickle cannot; a value neither can pickle
+        is written as None and noted in ``problems``, so that a resumed run runs it again."""
+        try:
+            return dumps(values)
+        except Exception:
+            pass
+        kept = []
+        for index, value in zip(indices, values, strict=True):
+            try:
+                dumps(value)
+                kept.append(value)
+            except Exception as exc:
+                kept.append(None)
+                message = f"the result cannot be pickled: {type(exc).__name__}: {exc}"
+                problems.append((index, UNSAVED, None, message, None, None))
+        return dumps(kept)
+
+
+def _indices(row: Sequence[Any]) -> list[int]:
+    """The task indices of a ``batches`` row that starts with ``id, lo, hi, indices``."""
+    return list(range(row[1], row[2])) if row[3] is None else json.loads(row[3])
+
+
+def _picker(keep: list[int] | None) -> Callable[[Sequence[Any]], list[Any]]:
+    if keep is None:
+        return list
+    return lambda column: [column[pos] for pos in keep]
+
+
+def _floats(values: Iterable[float]) -> bytes:
+    return array("d", values).tobytes()
+
+
+def _columns(columns: tuple[bytes, bytes, bytes, bytes, bytes | None, str | None]) -> tuple[
+        array[float], array[float], array[float], array[int], array[int] | None, str | None]:
+    started, elapsed, cpu_time, peak_rss, attempts, output = columns
+    return (_array("d", started), _array("d", elapsed), _array("d", cpu_time),
+            _array("q", peak_rss), None if attempts is None else _array("I", attempts), output)
+
+
+def _array(typecode: str, blob: bytes) -> array[Any]:
+    column = array(typecode)
+    column.frombytes(blob)
+    return column
+
+
+def _failure_parts(failure: Sequence[Any]) -> tuple[bytes | None, str, str, str]:
+    _status, type_name, message, traceback, blob = failure
+    return blob, type_name or "RuntimeError", message or "", traceback or ""
 
 
 def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None:
@@ -334,11 +507,12 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
     if not tables:
         from . import __version__
 
+        # Big pages: a batch's row then spans a page or two, and its commit writes a few.
+        conn.execute("PRAGMA page_size=65536")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("BEGIN")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        for statement in _SCHEMA:
+            conn.execute(statement)
         meta = {"format": FORMAT, "function": function, "library": __version__,
                 "created": datetime.datetime.now().isoformat(timespec="seconds")}
         conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
@@ -354,7 +528,7 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
 
 
 def _read_meta(conn: sqlite3.Connection, path: str, tables: set[str]) -> dict[str, str]:
-    if not {"meta", "tasks"} <= tables:
+    if not {"meta", "batches", "failures"} <= tables:
         msg = (
             f"is a SQLite database but not a parallel_jobs checkpoint (its tables: "
             f"{', '.join(sorted(tables))}); it was left as it was"
@@ -371,13 +545,14 @@ def _read_meta(conn: sqlite3.Connection, path: str, tables: set[str]) -> dict[st
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
-    """What a checkpoint file holds: one :class:`~parallel_jobs.TaskResult` per task written,
-    in input order.
+    """What a checkpoint file holds: one :class:`~parallel_jobs.TaskResult` per task written
+    (its latest outcome), in input order.
 
     The file is only read, without taking its lock, so a sweep may be inspected while it runs
-    (it then shows what was committed so far). A task whose result could not be pickled has
-    ``success=True`` and ``value=None``, and its ``exception`` says why; a failed task has its
-    exception (rebuilt as its own type where it can be) and its traceback text.
+    (it then shows what was committed so far). A failed task has its exception (rebuilt as its
+    own type where it can be) and traceback text; a task whose result could not be pickled has
+    ``success=True``, ``value=None`` and an ``exception`` saying why (a resumed run runs it
+    again).
 
     Raises:
         CheckpointError: the file does not exist, cannot be read, or is no checkpoint.
@@ -404,32 +579,45 @@ def load_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
             tables = {row[0] for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as exc:
-            raise CheckpointError(name, f"is not a SQLite database, or is damaged ({exc})") from exc
+            msg = f"is not a SQLite database, or is damaged ({exc})"
+            raise CheckpointError(name, msg) from exc
         _read_meta(conn, name, tables)
         try:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY idx").fetchall()
+            rows = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY id").fetchall()
+            failures = {(row[0], row[1]): row[2:] for row in conn.execute(
+                "SELECT idx, batch, status, error_type, error_message, traceback, exception "
+                "FROM failures")}
         except sqlite3.Error as exc:
             raise CheckpointError(name, f"cannot be read: {exc}") from exc
     finally:
         conn.close()
-    return [_task_result(row) for row in rows]
+    latest: dict[int, TaskResult] = {}
+    for row in rows:
+        stored = _Stored(row[0], _indices(row), row[4], True, [], row[7], row[8:14])
+        latest.update(_task_results(stored, failures))
+    return [latest[index] for index in sorted(latest)]
 
 
-def _task_result(row: Sequence[Any]) -> TaskResult:
-    (index, _key, status, result, started, finished, elapsed, cpu_time, peak_rss, pid, attempts,
-     error_type, error_message, traceback, exception, stdout, stderr) = row
-    value: Any = None
-    error: BaseException | None = None
-    if status == SUCCEEDED:
-        value = pickle.loads(result)
-    elif status == FAILED:
-        error = _rebuild_failure(exception, error_type, error_message, traceback).exception
-    else:
-        error = RuntimeError(error_message)
-    return TaskResult(
-        index=index, value=value, success=status != FAILED, exception=error,
-        traceback=traceback or "", started=started or 0.0, finished=finished or 0.0,
-        elapsed=elapsed or 0.0, cpu_time=cpu_time or 0.0, peak_rss=peak_rss or 0,
-        pid=pid or 0, attempts=attempts or 0, stdout=stdout or "", stderr=stderr or "",
-    )
-
+def _task_results(stored: _Stored, failures: dict[tuple[int, int], tuple[Any, ...]]
+                  ) -> Iterable[tuple[int, TaskResult]]:
+    started, elapsed, cpu_time, peak_rss, attempts, output = _columns(stored.columns)
+    values = stored.values()
+    outputs = json.loads(output) if output else None
+    for at, index in enumerate(stored.indices):
+        failure = failures.get((index, stored.id))
+        error: BaseException | None = None
+        traceback = ""
+        if failure is not None:
+            if failure[0] == FAILED:
+                rebuilt = _rebuild_failure(*_failure_parts(failure))
+                error, traceback = rebuilt.exception, rebuilt.traceback
+            else:
+                error = RuntimeError(failure[2])
+        yield index, TaskResult(
+            index=index, value=values[at], success=failure is None or failure[0] != FAILED,
+            exception=error, traceback=traceback, started=started[at],
+            finished=started[at] + elapsed[at] if started[at] else 0.0, elapsed=elapsed[at],
+            cpu_time=cpu_time[at], peak_rss=peak_rss[at], pid=stored.pid,
+            attempts=1 if attempts is None else attempts[at],
+            stdout=outputs[at][0] if outputs else "", stderr=outputs[at][1] if outputs else "",
+        )

@@ -113,26 +113,50 @@ def test_failed_tasks_run_again_unless_kept(tmp_path: Path) -> None:
 
 
 def test_the_file_is_readable_without_parallel_jobs(tmp_path: Path) -> None:
+    import json
+    import pickle
+    from array import array
+
     db = str(tmp_path / "sweep.sqlite")
-    pj.Parallel(noisy_square, range(3), parallelizer="serial", capture=True,
-                checkpoint=db).run()
+    runs = _runs(tmp_path)
+    pj.Parallel(logged_square, range(4), kwargs={"folder": runs, "fail": 2}, die=False,
+                parallelizer="serial", checkpoint=db).run()
     with sqlite3.connect(db) as conn:
         meta = dict(conn.execute("SELECT name, value FROM meta"))
-        rows = conn.execute("SELECT idx, status, length(key), stdout, elapsed >= 0, "
-                            "finished >= started FROM tasks ORDER BY idx").fetchall()
+        tasks = conn.execute("SELECT idx, status, pid, error_type FROM tasks").fetchall()
+        batches = conn.execute("SELECT lo, hi, indices, results, elapsed FROM batches").fetchall()
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
-    assert meta["function"] == "tests.jobs.noisy_square"
+    assert meta["function"] == "tests.jobs.logged_square"
     assert meta["format"] == "1"
-    assert rows == [(i, "succeeded", 32, f"task {i}\n", 1, 1) for i in range(3)]
+    me = os.getpid()
+    assert tasks == [(0, "succeeded", me, None), (1, "succeeded", me, None),
+                     (2, "failed", me, "builtins.ValueError"), (3, "succeeded", me, None)]
+    # A batch of consecutive tasks says which by lo and hi, any other lists them.
+    indices = [i for lo, hi, listed, _, _ in batches
+               for i in (range(lo, hi) if listed is None else json.loads(listed))]
+    results = [r for row in batches for r in pickle.loads(row[3])]
+    assert dict(zip(indices, results, strict=True)) == {0: 0, 1: 1, 2: None, 3: 9}
+    elapsed = array("d")
+    for row in batches:
+        elapsed.frombytes(row[4])
+    assert len(elapsed) == 4
+    assert all(seconds >= 0 for seconds in elapsed)
     pandas = pytest.importorskip("pandas")
     with sqlite3.connect(db) as conn:
-        frame = pandas.read_sql("SELECT idx, status, result FROM tasks", conn)
+        frame = pandas.read_sql("SELECT idx, status FROM tasks", conn)
     conn.close()
-    assert list(frame["status"]) == ["succeeded"] * 3
-    import pickle
+    assert list(frame["status"]) == ["succeeded", "succeeded", "failed", "succeeded"]
 
-    assert [pickle.loads(blob) for blob in frame["result"]] == [0, 1, 4]
+
+def test_captured_output_is_kept(tmp_path: Path) -> None:
+    db = str(tmp_path / "sweep.sqlite")
+    first = pj.Parallel(noisy_square, range(3), parallelizer="serial", capture=True,
+                        checkpoint=db).run()
+    again = pj.Parallel(noisy_square, range(3), parallelizer="serial", capture=True,
+                        checkpoint=db).run()
+    assert first.stdout == again.stdout == [f"task {i}\n" for i in range(3)]
+    assert [r.stdout for r in pj.load_checkpoint(db)] == first.stdout
 
 
 def test_load_checkpoint_gives_task_results(tmp_path: Path) -> None:
@@ -311,3 +335,18 @@ def test_dask_checkpoints_in_the_parent(tmp_path: Path) -> None:
         cluster.close()
     assert executions(runs) == dict.fromkeys(range(5), 1)
     assert len(os.listdir(tmp_path)) >= 2
+
+
+def test_a_batch_of_no_task_writes_nothing(tmp_path: Path) -> None:
+    # A chunk stopped before its first task comes back with no task in it.
+    from parallel_jobs.checkpoint import Checkpoint
+    from parallel_jobs.task import Batch, Payload
+
+    checkpoint = Checkpoint.open(tmp_path / "sweep.sqlite", Payload(square))
+    try:
+        batch = Batch.empty(range(3), 0)
+        batch.cut(0)
+        checkpoint.write(batch, set(), lambda index: 0)
+    finally:
+        checkpoint.close()
+    assert pj.load_checkpoint(tmp_path / "sweep.sqlite") == []
