@@ -701,7 +701,7 @@ class Parallel:
                      source: TaskSource | None = None) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy, njobs=self.njobs,
+            copy=self.choice.copy, njobs=self.njobs or 0,  # a stream's size is unknown: 0
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
