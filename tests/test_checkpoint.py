@@ -352,3 +352,16 @@ def test_a_batch_of_no_task_writes_nothing(tmp_path: Path) -> None:
     finally:
         checkpoint.close()
     assert pj.load_checkpoint(tmp_path / "sweep.sqlite") == []
+
+
+def test_the_file_alone_holds_everything_once_the_run_returns(tmp_path: Path) -> None:
+    # The write-ahead log is moved into the file before run() returns: a copy of the file
+    # made at once (to keep, or to send) misses nothing.
+    import shutil
+
+    db = tmp_path / "sweep.sqlite"
+    pj.parallelize(square, range(50), ncpus=2, checkpoint=db)
+    assert not Path(f"{db}-wal").exists()
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(db, copy)
+    assert [r.value for r in pj.load_checkpoint(copy)] == [x * x for x in range(50)]
