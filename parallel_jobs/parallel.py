@@ -1177,14 +1177,16 @@ def imap(
     length. Callbacks see ``njobs`` None, and a progress bar shows no total. Breaking out of
     the loop or closing the generator stops the run at once and leaves nothing behind.
 
+    Every argument but ``ordered`` and ``records`` means what it means for
+    :func:`parallelize`.
+
     Args:
-        func, iterarg, iterkwargs: as for :func:`parallelize`; any iterable, read lazily.
+        func: the function to run.
+        iterarg: the per-task values: any iterable, read lazily (or a count of calls).
+        iterkwargs: per-task keyword arguments: a dict of iterables, or an iterable of dicts,
+            read lazily.
         ordered: yield in input order; False yields in completion order.
         records: yield a :class:`~parallel_jobs.TaskResult` per task instead of its result.
-        args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer, serial, progress,
-            callback, globaldict, capture, die, lbkwargs, start_method, label, timeout, retries,
-            chunksize, keep_records, checkpoint, rerun_failed, **func_kwargs: as for
-            :func:`parallelize`.
 
     Returns:
         A generator of results (or TaskResults); a failed task's result is its exception
