@@ -150,6 +150,75 @@ def measure_progress(n: int, repeats: int) -> dict[str, list[float]]:
     return samples
 
 
+def measure_checkpoint(tiny: int, burn_n: int, cpu_tasks: int,
+                       repeats: int) -> dict[str, dict[str, list[float]]]:
+    """parallel_jobs on ``tiny`` and ``cpu`` without and with ``checkpoint=`` (a new file in the
+    system's temporary folder each call, as a first run makes), interleaved."""
+    import tempfile
+
+    import parallel_jobs
+
+    cases = {
+        "tiny": (square, list(range(tiny)), [square(x) for x in range(tiny)],
+                 CHEAP_FACTOR * repeats),
+        "cpu": (burn, [burn_n] * cpu_tasks, [burn(burn_n)] * cpu_tasks, repeats),
+    }
+    samples: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for row, (func, inputs, expected, rounds) in cases.items():
+            samples[row] = {"off": [], "on": []}
+            for repeat in range(rounds + 1):
+                for mode in (("off", "on") if repeat % 2 else ("on", "off")):
+                    path = os.path.join(folder, f"{row}-{repeat}.sqlite") if mode == "on" else None
+                    t0 = time.perf_counter()
+                    got = parallel_jobs.parallelize(func, inputs, ncpus=2, checkpoint=path)
+                    seconds = time.perf_counter() - t0
+                    if got != expected:
+                        msg = f"parallel_jobs returned wrong results on {row} (checkpoint {mode})"
+                        raise AssertionError(msg)
+                    if repeat:  # the first round is a warm-up
+                        samples[row][mode].append(seconds)
+    return samples
+
+
+STREAM_SIZES = (10_000, 1_000_000)
+
+
+def stream_child(n: int) -> int:
+    """Stream ``n`` tiny tasks through ``imap`` and print the time and this process's peak RSS."""
+    import itertools
+
+    import parallel_jobs
+
+    t0 = time.perf_counter()
+    count = 0
+    for value in parallel_jobs.imap(square, itertools.islice(itertools.count(), n), ncpus=2):
+        if value != count * count:
+            print("imap returned a wrong result", file=sys.stderr)
+            return 1
+        count += 1
+    if count != n:
+        print(f"imap returned {count} results for {n} tasks", file=sys.stderr)
+        return 1
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss": _peak_rss()}))
+    return 0
+
+
+def measure_stream(rounds: int = RSS_ROUNDS) -> dict[int, dict[str, float]]:
+    """Each stream size in a fresh process, ``rounds`` times (interleaved): median seconds and
+    median peak RSS in bytes."""
+    runs: dict[int, list[dict[str, float]]] = {n: [] for n in STREAM_SIZES}
+    for _ in range(rounds):
+        for n in STREAM_SIZES:
+            done = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--stream-child", str(n)],
+                capture_output=True, text=True, timeout=900, check=True,
+            )
+            runs[n].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {n: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "peak_rss")}
+            for n, rs in runs.items()}
+
+
 def rss_child(name: str, n: int) -> int:
     """Run scale once with one contender and print its time and this process's peak RSS."""
     contender = CONTENDERS[name]
@@ -248,7 +317,8 @@ def _peers(cells: dict[str, float]) -> dict[str, float]:
 
 
 def targets(medians: dict[str, dict[str, float]], rss: dict[str, dict[str, float]],
-            progress: dict[str, float]) -> dict[str, bool | None]:
+            progress: dict[str, float], checkpoint: dict[str, dict[str, float]] | None = None,
+            stream: dict[int, dict[str, float]] | None = None) -> dict[str, bool | None]:
     """Whether each target of the guide is met in this run (None: not measured)."""
     me = SUBJECT.name
     out: dict[str, bool | None] = {}
@@ -282,6 +352,13 @@ def targets(medians: dict[str, dict[str, float]], rss: dict[str, dict[str, float
         else startup[me] <= startup["ProcessPoolExecutor"])
     out["progress costs <= 10% on tiny"] = (
         None if not progress else progress["on"] <= 1.10 * progress["off"])
+    for row, limit in (("tiny", 1.25), ("cpu", 1.03)):
+        cells = (checkpoint or {}).get(row)
+        out[f"checkpoint costs <= {limit - 1:.0%} on {row}"] = (
+            None if not cells else cells["on"] <= limit * cells["off"])
+    small, large = STREAM_SIZES
+    out["imap of 10^6 peaks within 10 MB of 10^4"] = (
+        None if not stream else stream[large]["peak_rss"] - stream[small]["peak_rss"] <= 10 * 2**20)
     return out
 
 
@@ -293,16 +370,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these workloads")
     parser.add_argument("--json", metavar="PATH", help="write every sample and median here")
     parser.add_argument("--rss-child", metavar="CONTENDER", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child, args.size)
+    if args.stream_child:
+        return stream_child(args.stream_child)
 
     sizes: Sizes = QUICK if args.quick else FULL
     repeats = 1 if args.quick else args.repeats
     skip_slow = args.quick or args.skip_slow
     everyone = [c for c in CONTENDERS.values() if not (c.slow and skip_slow)]
-    wanted = set(args.only or ["startup", "tiny", "scale", "cpu", "bigdata", "progress"])
+    wanted = set(args.only or ["startup", "tiny", "scale", "cpu", "bigdata", "progress",
+                               "checkpoint", "stream"])
     began = time.perf_counter()
     compile_subject()
     print(f"# parallel_jobs benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -317,8 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "scale" in wanted:
         at_scale = [c for c in everyone if c.name not in NOT_AT_SCALE]
         works.append(Workload("scale", square, range(sizes.scale), {}, None, at_scale))
+    burn_n = 0
+    if "cpu" in wanted or "checkpoint" in wanted:
+        burn_n = calibrate_burn(sizes.cpu_seconds)
     if "cpu" in wanted:
-        n = calibrate_burn(sizes.cpu_seconds)
+        n = burn_n
         works.append(Workload("cpu", burn, [n] * sizes.cpu_tasks, {}, None, everyone))
     if "bigdata" in wanted:
         import numpy as np
@@ -346,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress_samples: dict[str, list[float]] = {}
     if "progress" in wanted:
         progress_samples = measure_progress(sizes.tiny, repeats)
+    checkpoint_samples: dict[str, dict[str, list[float]]] = {}
+    if "checkpoint" in wanted:
+        checkpoint_samples = measure_checkpoint(sizes.tiny, burn_n, sizes.cpu_tasks, repeats)
+    stream: dict[int, dict[str, float]] = {}
+    if "stream" in wanted:
+        stream = measure_stream(1 if args.quick else RSS_ROUNDS)
 
     medians = {w: {c: statistics.median(s) for c, s in row.items() if s}
                for w, row in samples.items()}
@@ -371,7 +461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nprogress on tiny: " + ", ".join(
             f"{mode} {seconds:.4f} s ({seconds / progress['off'] - 1:+.1%})"
             for mode, seconds in progress.items()))
-    met = targets(medians, rss, progress)
+    checkpoint = {row: {mode: statistics.median(v) for mode, v in cells.items() if v}
+                  for row, cells in checkpoint_samples.items()}
+    for row, cells in checkpoint.items():
+        print(f"\ncheckpoint on {row}: off {cells['off']:.4f} s, on {cells['on']:.4f} s "
+              f"({cells['on'] / cells['off'] - 1:+.1%})", end="")
+    if checkpoint:
+        print()
+    if stream:
+        print("\nimap of tiny tasks, parent peak RSS: " + ", ".join(
+            f"{n:,} tasks {v['peak_rss'] / 2**20:.1f} MB in {v['seconds']:.2f} s"
+            for n, v in stream.items()))
+    met = targets(medians, rss, progress, checkpoint, stream)
     if args.quick:
         # Tasks a tenth of their full size make fixed costs (forking workers) loom ten times
         # larger, and one repeat is all noise: these lines only show that nothing is broken.
@@ -391,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "sizes": attrs.asdict(sizes), "samples": samples, "first_calls": firsts,
                        "medians": medians,
                        "ratios": ratios, "scale_rss": rss, "progress": progress_samples,
+                       "checkpoint": checkpoint_samples, "stream": stream,
                        "targets": met}, fh, indent=2)
     return 0
 

@@ -15,7 +15,9 @@ Examples:
 from ._cpus import cpu_count
 from .backends import PARALLELIZERS
 from .backends.pool import release_workers
+from .checkpoint import load_checkpoint
 from .errors import (
+    CheckpointError,
     ParallelJobsError,
     RemoteTaskError,
     RemoteTraceback,
@@ -25,13 +27,14 @@ from .errors import (
     WorkerCrashedError,
 )
 from .monitor import LoadMonitor, LoadSample
-from .parallel import Parallel, parallelize
+from .parallel import Parallel, imap, parallelize
 from .task import Task, TaskResult
 
 __version__ = "0.3.0"
 
 __all__ = [
     "PARALLELIZERS",
+    "CheckpointError",
     "LoadMonitor",
     "LoadSample",
     "Parallel",
@@ -46,6 +49,8 @@ __all__ = [
     "WorkerCrashedError",
     "__version__",
     "cpu_count",
+    "imap",
+    "load_checkpoint",
     "parallelize",
     "release_workers",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "CallerInterrupt",
+    "CheckpointError",
     "ExceptionCollector",
     "ParallelJobsError",
     "RemoteTaskError",
@@ -235,6 +236,26 @@ def attach_remote_traceback(exception: BaseException, index: int, traceback: str
         exception.__cause__ = RemoteTraceback(
             f"\n\nTask {index} raised this in its worker:\n\n{traceback}"
         )
+class CheckpointError(ParallelJobsError, OSError):
+    """A checkpoint file cannot be used: another run holds it, it is not a checkpoint, it was
+    made for another function, or it cannot be read. The file is left as it was.
+
+    Attributes:
+        path: the checkpoint file.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        # One argument: OSError reads two as (errno, strerror).
+        super().__init__(f"checkpoint {path!r}: {reason}")
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.path!r}: {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
 
 
 class ExceptionCollector:

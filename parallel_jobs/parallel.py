@@ -25,13 +25,15 @@ from typing import Any
 from ._cpus import cpu_count
 from .backends import Choice, resolve
 from .backends.base import BackendOptions
+from .checkpoint import Checkpoint
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import make_reporter
-from .runner import Runner, RunPlan
-from .store import CANCELLED, SUCCEEDED, ResultStore
+from .runner import Runner, RunPlan, TaskSource
+from .store import CANCELLED, SUCCEEDED, OutcomeStore, ResultStore
+from .stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit
 from .task import Payload, TaskResult
 
-__all__ = ["Parallel", "parallelize"]
+__all__ = ["Parallel", "imap", "parallelize"]
 
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
@@ -296,6 +298,7 @@ class Parallel:
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
+        checkpoint: the checkpoint file's path, or None; ``rerun_failed`` as given.
         load_samples: the machine's load sampled during the run.
         keep_records: whether runs keep per-task records.
 
@@ -335,6 +338,8 @@ class Parallel:
         retries: int = 0,
         chunksize: int | None = None,
         keep_records: bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
+        rerun_failed: bool = True,
         **func_kwargs: Any,
     ) -> None:
         if not callable(func):
@@ -392,6 +397,8 @@ class Parallel:
             _positive(chunksize, "chunksize", integer=True))
         self.start_method: str | None = self._check_start_method(start_method)
         self.keep_records: bool = _flag(keep_records, "keep_records")
+        self.checkpoint: str | None = _checkpoint_path(checkpoint)
+        self.rerun_failed: bool = _flag(rerun_failed, "rerun_failed")
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -406,7 +413,11 @@ class Parallel:
         kwargs: Mapping[str, Any] | None,
         globaldict: Mapping[str, Any] | None,
         func_kwargs: Mapping[str, Any],
-    ) -> RunPlan:
+    ) -> RunPlan | StreamPlan:
+        if isinstance(iterarg, Stream) or isinstance(iterkwargs, Stream):
+            payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
+            return StreamPlan(getattr(iterarg, "values", iterarg),
+                              getattr(iterkwargs, "values", iterkwargs), payload, globaldict)
         njobs: int | None = None
         values: Sequence[Any] | None = None
         if iterarg is not None:
@@ -431,6 +442,16 @@ class Parallel:
                 f"iterkwargs={iterkwargs!r})"
             )
             raise ValueError(msg)
+        payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
+        return RunPlan(njobs, values, per_task, payload, globaldict)
+
+    def _make_payload(
+        self,
+        args: Any,
+        kwargs: Mapping[str, Any] | None,
+        globaldict: Mapping[str, Any] | None,
+        func_kwargs: Mapping[str, Any],
+    ) -> Payload:
         if args is None:
             shared_args: tuple[Any, ...] = ()
         elif isinstance(args, (list, tuple)):
@@ -447,8 +468,7 @@ class Parallel:
             msg = f"globaldict must be a dict, not {type(globaldict).__name__}"
             raise TypeError(msg)
         shared_kwargs = {**(kwargs or {}), **func_kwargs}
-        payload = Payload(self.func, shared_args, shared_kwargs)
-        return RunPlan(njobs, values, per_task, payload, globaldict)
+        return Payload(self.func, shared_args, shared_kwargs)
 
     def _resolve_ncpus(self, ncpus: Any) -> int:
         available = cpu_count()
@@ -463,7 +483,7 @@ class Parallel:
                 )
                 raise ValueError(msg)
             count = math.ceil(available * share) if share < 1 else int(share)
-        return max(1, min(count, self.njobs))
+        return max(1, count if self.njobs is None else min(count, self.njobs))
 
     @staticmethod
     def _check_start_method(start_method: str | None) -> str | None:
@@ -601,7 +621,7 @@ class Parallel:
                 "plot_timeline(); parallelize() keeps none, as it returns only the results"
             )
             raise RuntimeError(msg)
-        return [self._store.task_result(i) for i in range(self.njobs)]
+        return [self._store.task_result(i) for i in range(self._store.njobs)]
 
     def __repr__(self) -> str:
         label = f"{self.label!r}, " if self.label else ""
@@ -677,10 +697,11 @@ class Parallel:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _make_runner(self) -> Runner:
+    def _make_runner(self, store: OutcomeStore | None = None,
+                     source: TaskSource | None = None) -> Runner:
         options = BackendOptions(
             ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy, njobs=self.njobs,
+            copy=self.choice.copy, njobs=self.njobs or 0,  # a stream's size is unknown: 0
         )
         backend = self.choice.build(options)
         limited = self.maxcpu is not None or self.maxmem is not None
@@ -695,20 +716,31 @@ class Parallel:
         gate = None
         if limited:
             gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        self._store = ResultStore(self.njobs, self.retries, self.keep_records, self.capture)
+        if store is None:
+            if self.njobs is None:
+                msg = "this Parallel reads its input as a stream: iterate over imap() instead"
+                raise TypeError(msg)
+            store = self._store = ResultStore(self.njobs, self.retries, self.keep_records,
+                                              self.capture)
+        checkpoint = None
+        if self.checkpoint is not None:
+            # Last, so that nothing after it can fail and leave the file locked.
+            checkpoint = Checkpoint.open(self.checkpoint, self._plan.payload,
+                                         rerun_failed=self.rerun_failed)
         return Runner(
-            self._plan, backend, self._store, monitor=monitor, gate=gate,
+            self._plan, backend, store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=self.capture,
+            ncpus=self.ncpus, capture=self.capture, checkpoint=checkpoint, source=source,
         )
 
-    def _begin(self) -> Runner:
+    def _begin(self, store: OutcomeStore | None = None,
+               source: TaskSource | None = None) -> Runner:
         if self.running:
             msg = "this Parallel is already running; call finalize() before running it again"
             raise RuntimeError(msg)
         self.reset()
-        self._runner = self._make_runner()
+        self._runner = self._make_runner(store, source)
         self._status = _RUNNING
         self.times["started"] = datetime.datetime.now()
         self._t0 = time.perf_counter()
@@ -733,6 +765,60 @@ class Parallel:
             finally:
                 self._complete()
         return self
+
+    def imap(self, ordered: bool = True, records: bool = False) -> Iterator[Any]:
+        """Run the tasks, yielding each one's result as soon as it may be: in input order
+        (``ordered=True``), or as tasks finish (``ordered=False``).
+
+        Timeouts, retries, crash isolation, ``die``, progress, the callback and the checkpoint
+        work as in :meth:`run`; a failed task's result is its exception (with ``die=False``).
+        Results are not kept: ``results`` and the other per-task lists stay None, and only
+        what the caller has not taken yet is held. Breaking out of the loop, or closing the
+        generator, stops the run at once: running tasks are stopped, and nothing (process,
+        thread, shared memory, checkpoint lock) is left behind. Nothing starts until the first
+        result is asked for. For an input too long to list, see :func:`~parallel_jobs.imap`.
+
+        Args:
+            ordered: yield in input order; False yields in completion order.
+            records: yield a :class:`~parallel_jobs.TaskResult` per task (value, success,
+                exception, timings, pid, attempts, output) instead of the bare result.
+
+        Examples:
+            >>> P = Parallel(abs, [-1, 2, -3], parallelizer="serial")
+            >>> [r for r in P.imap()]
+            [1, 2, 3]
+            >>> [(r.index, r.value) for r in P.imap(records=True)]
+            [(0, 1), (1, 2), (2, 3)]
+        """
+        ordered = _flag(ordered, "ordered")
+        records = _flag(records, "records")
+        if self.running:
+            msg = "this Parallel is already running; call finalize() before running it again"
+            raise RuntimeError(msg)
+        return self._imap(ordered, records)
+
+    def _imap(self, ordered: bool, records: bool) -> Iterator[Any]:
+        plan = self._plan
+        source = None
+        forget = None
+        if isinstance(plan, StreamPlan):
+            source = StreamSource(plan, held_limit(self.ncpus))
+            forget = plan.forget
+        store = StreamStore(records, self.capture, ordered, forget)
+        runner = self._begin(store, source)
+        steps = runner.iterate()
+        try:
+            with _sigterm_as_interrupt():
+                for _ in steps:
+                    yield from store.ready()
+                yield from store.ready(final=True)
+        finally:
+            steps.close()  # stops and cleans up a run whose caller stopped iterating
+            self.times["finished"] = datetime.datetime.now()
+            self.times["elapsed"] = time.perf_counter() - self._t0
+            self.globaldict = runner.globaldict
+            self.load_samples = list(runner.monitor.samples)
+            self._status = _DONE
 
     def run_async(self) -> Parallel:
         """Start the run in the background and return at once; see :meth:`monitor` and
@@ -846,7 +932,7 @@ class Parallel:
         self.globaldict = runner.globaldict
         self.load_samples = list(runner.monitor.samples)
         self._status = _DONE
-        ran = self.njobs - store.cancelled
+        ran = store.njobs - store.cancelled
         succeeded = store.succeeded
         if not self.die and succeeded < ran:
             msg = (
@@ -868,6 +954,20 @@ def _user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def _checkpoint_path(path: Any) -> str | None:
+    """``checkpoint`` as a path string, or None."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"checkpoint must be a file path (str or os.PathLike), not {type(path).__name__}"
+        raise TypeError(msg)
+    name = os.fspath(path)
+    if not isinstance(name, str) or not name:
+        msg = f"checkpoint must be a non-empty text path, not {path!r}"
+        raise TypeError(msg)
+    return name
 
 
 def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:
@@ -961,6 +1061,8 @@ def parallelize(
     retries: int = 0,
     chunksize: int | None = None,
     keep_records: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    rerun_failed: bool = True,
     **func_kwargs: Any,
 ) -> list[Any]:
     """Call ``func`` once per input, in parallel, and return the results in input order.
@@ -1001,6 +1103,12 @@ def parallelize(
         chunksize: tasks per message to a worker (default: sized from measured durations).
         keep_records: keep each task's timings and the machine's load, which only a
             ``Parallel`` shows; off here, where only the results are returned.
+        checkpoint: a SQLite file that each finished task is written to as it finishes; a
+            run that finds it there runs only the tasks it lacks, or whose inputs changed
+            (see docs/long-runs.md). Another run holding it, or a file of another function,
+            is a :class:`~parallel_jobs.CheckpointError` at the start.
+        rerun_failed: with ``checkpoint``, run the tasks that failed before again (False:
+            keep their failures).
         **func_kwargs: merged into ``kwargs``. A keyword close to an option's name
             (``ncpu=``) that ``func`` cannot take is a TypeError, before anything runs.
 
@@ -1022,11 +1130,90 @@ def parallelize(
         func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
         serial, progress, callback, globaldict, None, capture, die, lbkwargs, start_method,
         timeout=timeout, retries=retries, chunksize=chunksize, keep_records=keep_records,
-        **func_kwargs,
+        checkpoint=checkpoint, rerun_failed=rerun_failed, **func_kwargs,
     )
     parallel.run()
     assert parallel.results is not None
     return parallel.results
+
+
+def imap(
+    func: Callable[..., Any],
+    iterarg: Any = None,
+    iterkwargs: Any = None,
+    args: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    ncpus: float | None = None,
+    maxcpu: float | None = None,
+    maxmem: float | None = None,
+    interval: float | None = None,
+    parallelizer: str | Callable[..., Any] | None = None,
+    serial: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    globaldict: Mapping[str, Any] | None = None,
+    capture: bool = False,
+    die: bool = True,
+    lbkwargs: Mapping[str, Any] | None = None,
+    start_method: str | None = None,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    chunksize: int | None = None,
+    keep_records: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    rerun_failed: bool = True,
+    ordered: bool = True,
+    records: bool = False,
+    **func_kwargs: Any,
+) -> Iterator[Any]:
+    """Call ``func`` once per input, in parallel, yielding each result as it may be.
+
+    The one-line form of :meth:`Parallel.imap`, taking the options of :func:`parallelize`.
+    ``iterarg`` and ``iterkwargs`` (a dict of iterables, or an iterable of dicts) are read
+    lazily, only as tasks are sent: a generator that never ends is fine, and the parent holds
+    a bounded number of tasks (running, or finished and not yet taken) whatever the input's
+    length. Callbacks see ``njobs`` None, and a progress bar shows no total. Breaking out of
+    the loop or closing the generator stops the run at once and leaves nothing behind.
+
+    Every argument but ``ordered`` and ``records`` means what it means for
+    :func:`parallelize`.
+
+    Args:
+        func: the function to run.
+        iterarg: the per-task values: any iterable, read lazily (or a count of calls).
+        iterkwargs: per-task keyword arguments: a dict of iterables, or an iterable of dicts,
+            read lazily.
+        ordered: yield in input order; False yields in completion order.
+        records: yield a :class:`~parallel_jobs.TaskResult` per task instead of its result.
+
+    Returns:
+        A generator of results (or TaskResults); a failed task's result is its exception
+        with ``die=False``, and with ``die=True`` the generator raises it.
+
+    Examples:
+        >>> import itertools
+        >>> squares = imap(abs, itertools.count(-2), parallelizer="serial")
+        >>> [next(squares) for _ in range(4)]
+        [2, 1, 0, 1]
+        >>> squares.close()  # stops the run
+    """
+    parallel = Parallel(
+        func, _streamed(iterarg), _streamed(iterkwargs), args, kwargs, ncpus, maxcpu, maxmem,
+        interval, parallelizer, serial, progress, callback, globaldict, label, capture, die,
+        lbkwargs, start_method, timeout=timeout, retries=retries, chunksize=chunksize,
+        keep_records=keep_records, checkpoint=checkpoint, rerun_failed=rerun_failed,
+        **func_kwargs,
+    )
+    return parallel.imap(ordered, records)
+
+
+def _streamed(values: Any) -> Any:
+    """``values`` marked to be read lazily; a count of calls stays a count, and None None."""
+    if values is None or (isinstance(values, Integral) and not isinstance(values, bool)):
+        return values
+    return Stream(values)
 
 
 #: The options of :class:`Parallel` and :func:`parallelize`, for "did you mean" hints.

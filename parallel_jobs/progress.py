@@ -26,8 +26,8 @@ __all__ = ["NullReporter", "ProgressReporter", "make_reporter"]
 class NullReporter:
     """Draws nothing; lets the Runner report progress without asking whether anyone listens."""
 
-    def start(self, total: int) -> None:
-        """Begin a run of ``total`` tasks."""
+    def start(self, total: int | None) -> None:
+        """Begin a run of ``total`` tasks (None: unknown, as for a stream)."""
 
     def update(self, done: int, failed: int, load: LoadSample | None = None) -> None:
         """Record that ``done`` tasks have finished, ``failed`` of them unsuccessfully."""
@@ -87,7 +87,7 @@ class ProgressReporter(NullReporter):
         self.min_interval = min_interval
         self.plain_interval = plain_interval
         self.live = _can_draw_live(self.console)
-        self.total = 0
+        self.total: int | None = 0
         self.done = 0
         self.failed = 0
         self.load: LoadSample | None = None
@@ -104,22 +104,23 @@ class ProgressReporter(NullReporter):
         """The status line: counts, rate, elapsed, ETA and load."""
         elapsed = max(self.clock() - self.started, 0.0)
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        remaining = self.total - self.done
-        eta = remaining / rate if rate > 0 else None
         parts = [
-            f"{self.done}/{self.total}",
+            f"{self.done}" if self.total is None else f"{self.done}/{self.total}",
             f"{self.failed} failed",
             _format_rate(rate),
             f"elapsed {_format_seconds(elapsed)}",
-            f"eta {_format_seconds(eta if remaining else 0.0)}",
         ]
+        if self.total is not None:  # a stream's end is not known
+            remaining = self.total - self.done
+            eta = remaining / rate if rate > 0 else None
+            parts.append(f"eta {_format_seconds(eta if remaining else 0.0)}")
         if self.load is not None:
             parts.append(f"cpu {self.load.cpu:.0%} mem {self.load.memory:.0%}")
         return " • ".join(parts)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self, total: int) -> None:
+    def start(self, total: int | None) -> None:
         self.total = total
         self.started = self.clock()
         # The first frame (or plain line) waits a redraw interval: a run shorter than that
@@ -178,7 +179,7 @@ class ProgressReporter(NullReporter):
         from rich.text import Text
 
         filled = BAR_WIDTH * self.done // self.total if self.total else BAR_WIDTH
-        style = "bar.finished" if self.done >= self.total else "bar.complete"
+        style = "bar.complete" if self.total and self.done < self.total else "bar.finished"
         return Text.assemble(
             (self.label, "bold"), " ",
             ("━" * filled, style), ("━" * (BAR_WIDTH - filled), "bar.back"), " ",

@@ -22,8 +22,8 @@ import logging
 import reprlib
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -37,9 +37,13 @@ from .errors import (
 )
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
-from .store import SUCCEEDED, ResultStore
+from .store import SUCCEEDED, OutcomeStore
 from .task import Batch, Chunk, Failure, Payload, Task, task_call
 from .worker import binds_random_early, draw_entropy
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .stream import StreamPlan
 
 __all__ = ["Chunker", "RunPlan", "Runner", "TaskSource", "describe"]
 
@@ -239,13 +243,16 @@ class Runner:
         retries: how many more times a failed task is run.
         chunksize: a fixed chunk size, or None to size chunks automatically.
         callback: called in this process after each task with a dict describing it.
+        checkpoint: the file that finished tasks are written to and restored from, or None.
+        source: where tasks come from (a lazy input's source for ``imap``); by default every
+            task of ``plan``.
     """
 
     def __init__(
         self,
-        plan: RunPlan,
+        plan: RunPlan | StreamPlan,
         backend: Backend,
-        store: ResultStore,
+        store: OutcomeStore,
         *,
         monitor: LoadMonitor,
         gate: LoadGate | None = None,
@@ -256,6 +263,8 @@ class Runner:
         callback: Callback | None = None,
         ncpus: int = 1,
         capture: bool = False,
+        checkpoint: Checkpoint | None = None,
+        source: TaskSource | None = None,
     ) -> None:
         self.plan = plan
         self.backend = backend
@@ -273,7 +282,11 @@ class Runner:
             limit = 1
         self.chunker = Chunker(ncpus, fixed=chunksize, limit=limit,
                                target=backend.chunk_target, floor=backend.chunk_floor)
-        self.source = TaskSource(plan.njobs)
+        if source is None:
+            assert plan.njobs is not None, "a stream's plan comes with its own source"
+            source = TaskSource(plan.njobs)
+        self.source = source
+        self.checkpoint = checkpoint
         self.stopped = False
         self._monitor_due = 0.0
         self.interrupted = False
@@ -282,6 +295,12 @@ class Runner:
 
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
+        for _ in self.iterate():
+            pass
+
+    def iterate(self) -> Generator[None, None, None]:
+        """Run as :meth:`run` does, pausing after each round of outcomes stored (``imap``
+        takes them from the store then); closing the generator stops the run and cleans up."""
         abort = True
         try:
             if self.plan.globaldict is not None:
@@ -306,7 +325,7 @@ class Runner:
             # final samples say all there is, and a thread start costs a short run 10%.
             self.monitor.start(background=self.gate is not None)
             self._monitor_due = time.monotonic() + MONITOR_DELAY
-            self._loop()
+            yield from self._loop()
             abort = False
         finally:
             self._finish(abort)
@@ -340,11 +359,13 @@ class Runner:
                 try:
                     self.backend.shutdown(abort=abort)
                 finally:
+                    if self.checkpoint is not None:
+                        self.checkpoint.close()
                     self.store.cancel_pending()
                     self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
                     self.reporter.stop()
 
-    def _loop(self) -> None:
+    def _loop(self) -> Iterator[None]:
         backend, source = self.backend, self.source
         while True:
             wake = self._dispatch()
@@ -352,6 +373,9 @@ class Runner:
                 if not source.has_more() or self.stopped:
                     return
                 if wake is None:
+                    # Nothing runs, yet tasks remain: those restored from a checkpoint, or an
+                    # imap's held results, must be taken before more tasks fit.
+                    yield
                     continue
             waits = [wake, self.reporter.wake_in(), self._monitor_wake()]
             timeout = min((w for w in waits if w is not None), default=None)
@@ -364,6 +388,7 @@ class Runner:
             if batches and not source.has_more():
                 backend.retire_idle()
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+            yield
 
     def _monitor_wake(self) -> float | None:
         """Start the monitor's thread once the run has lasted MONITOR_DELAY; until then, the
@@ -383,7 +408,13 @@ class Runner:
             if gate is not None and not gate.admits(running=backend.in_flight()):
                 return max(0.0, gate.next_check - time.monotonic())
             indices = source.take(self.chunker.size(source.remaining()))
+            if not indices:
+                break  # an imap's consumer has not taken enough results yet
             chunk = self.plan.chunk(indices)
+            if self.checkpoint is not None:
+                chunk = self._restore(chunk)
+                if not chunk.indices:
+                    continue
             try:
                 backend.submit(chunk)
             except SerializationError as error:
@@ -393,6 +424,20 @@ class Runner:
                 else:
                     self._absorb(chunk_failed(chunk, dict.fromkeys(chunk.indices, error), 0))
         return None
+
+    def _restore(self, chunk: Chunk) -> Chunk:
+        """Store the tasks of ``chunk`` that the checkpoint holds as done; return the others."""
+        assert self.checkpoint is not None
+        restored, chunk = self.checkpoint.split(chunk)
+        for batch in restored:
+            failed = {batch.indices[pos] for pos in batch.failures}
+            self.store.record(batch, failed)
+            # Their recorded durations size the chunks, as if this run had timed them.
+            self.chunker.observe(len(batch.indices), sum(batch.elapsed))
+            for pos, failure in batch.failures.items():
+                index = batch.indices[pos]
+                self.collector.add(index, *self._explain(index, failure))
+        return chunk
 
     def _absorb(self, batch: Batch) -> None:
         """Store a batch, decide retries, apply ``die`` and run the callback."""
@@ -407,6 +452,9 @@ class Runner:
             else:
                 final.add(index)
         store.record(batch, final)
+        if self.checkpoint is not None:
+            # Before anything reports these tasks done: the file must hold what was reported.
+            self.checkpoint.write(batch, final, store.attempts_of)
         if not self.stopped:
             self.source.retry.extend(batch.requeue)
         if batch.started and batch.started[0]:

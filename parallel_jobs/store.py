@@ -9,13 +9,33 @@ from __future__ import annotations
 
 import time
 from array import array
-from typing import Any
+from typing import Any, Protocol
 
 from .task import Batch, Failure, TaskResult, zeros
 
-__all__ = ["CANCELLED", "FAILED", "PENDING", "SUCCEEDED", "ResultStore"]
+__all__ = ["CANCELLED", "FAILED", "PENDING", "SUCCEEDED", "OutcomeStore", "ResultStore"]
 
 PENDING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3
+
+
+class OutcomeStore(Protocol):
+    """What the Runner needs of a store: a :class:`ResultStore`, or the store of a stream
+    (``stream.StreamStore``), whose size is unknown. ``values``, ``state`` and ``stdout`` are
+    indexed by task index."""
+
+    done: int
+    failed: int
+    values: Any
+    state: Any
+    stdout: Any
+
+    def record(self, batch: Batch, final_failures: set[int]) -> None: ...
+
+    def attempts_of(self, index: int) -> int: ...
+
+    def exception(self, index: int) -> BaseException | None: ...
+
+    def cancel_pending(self) -> int: ...
 
 
 class ResultStore:

@@ -471,3 +471,43 @@ def write_and_read_back(x: int, data: Any) -> tuple[float, float]:
     before = float(data[0, 0])
     data[0, 0] = x
     return before, float(data[0, 0])
+# -- long runs: checkpoints and imap (tests/test_checkpoint.py, tests/test_imap.py) -------------
+
+
+def logged_square(x: int, folder: str, seconds: float = 0.0, fail: int = -1) -> int:
+    """Square ``x``, leaving one new file in ``folder`` per execution so that a test counts
+    them; sleep ``seconds`` first; raise for ``x == fail``."""
+    name = f"{x}-{os.getpid()}-{time.perf_counter_ns()}"
+    with open(os.path.join(folder, name), "w"):
+        pass
+    if seconds:
+        time.sleep(seconds)
+    if x == fail:
+        msg = f"task value {x} fails"
+        raise ValueError(msg)
+    return x * x
+
+
+def executions(folder: str) -> dict[int, int]:
+    """How many times :func:`logged_square` ran for each value, from its files in ``folder``."""
+    counts: dict[int, int] = {}
+    for name in os.listdir(folder):
+        value = int(name.split("-")[0])
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def noisy_square(x: int) -> int:
+    """Print, then square ``x`` (for ``capture=True``)."""
+    print(f"task {x}")
+    return x * x
+
+
+def generator_of(x: int) -> Any:
+    """Return a generator, which no pickler can pickle (for 'thread' and 'serial' runs)."""
+    return (i for i in range(x))
+
+
+def wait_unless(x: int, path: str, free: int = 0) -> int:
+    """Return task ``free``'s ``x`` at once; the others wait for ``path`` to exist."""
+    return x if x == free else wait_for_path(x, path)

@@ -21,15 +21,16 @@ SCIRIS_DEFAULTS = {
     "progress": False, "callback": None, "globaldict": None, "label": None, "capture": False,
     "die": True, "lbkwargs": None, "start_method": None,
 }
-NEW_OPTIONS = {"timeout": None, "retries": 0, "chunksize": None}
+NEW_OPTIONS = {"timeout": None, "retries": 0, "chunksize": None, "checkpoint": None,
+               "rerun_failed": True}
 
 
 def test_all_is_pinned() -> None:
     assert sorted(pj.__all__) == sorted([
-        "PARALLELIZERS", "LoadMonitor", "LoadSample", "Parallel", "ParallelJobsError",
-        "RemoteTaskError", "RemoteTraceback", "SerializationError", "Task", "TaskResult",
-        "TaskTimeoutError", "UnknownParallelizerError", "WorkerCrashedError", "__version__",
-        "cpu_count", "parallelize", "release_workers",
+        "PARALLELIZERS", "CheckpointError", "LoadMonitor", "LoadSample", "Parallel",
+        "ParallelJobsError", "RemoteTaskError", "RemoteTraceback", "SerializationError", "Task",
+        "TaskResult", "TaskTimeoutError", "UnknownParallelizerError", "WorkerCrashedError",
+        "__version__", "cpu_count", "imap", "load_checkpoint", "parallelize", "release_workers",
     ])
 
 

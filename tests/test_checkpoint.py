@@ -1,0 +1,367 @@
+"""Checkpoints: finished tasks in a SQLite file, skipped by the next run on the same file.
+
+Tasks leave one file per execution (``jobs.logged_square``), so that the tests count what ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import parallel_jobs as pj
+from tests.conftest import ROOT
+from tests.jobs import (
+    executions,
+    generator_of,
+    logged_square,
+    noisy_square,
+    square,
+    wait_for_path,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:only .* tasks succeeded:RuntimeWarning")
+
+
+def _runs(tmp_path: Path) -> str:
+    folder = tmp_path / "runs"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("parallelizer", ["serial", "thread", None])
+def test_a_stopped_run_resumes_with_only_the_rest(tmp_path: Path, parallelizer: Any) -> None:
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+
+    def stop_at_five(data: dict[str, Any]) -> None:
+        data["stop"] = data["index"] >= 4 and sum(executions(runs).values()) >= 5
+
+    first = pj.Parallel(logged_square, range(20), kwargs={"folder": runs}, ncpus=2,
+                        parallelizer=parallelizer, callback=stop_at_five, checkpoint=db).run()
+    done = {r.index for r in pj.load_checkpoint(db)}
+    assert done == {i for i, ok in enumerate(first.success) if ok}
+    assert 5 <= len(done) < 20
+    before = executions(runs)
+    results = pj.parallelize(logged_square, range(20), kwargs={"folder": runs}, ncpus=2,
+                             parallelizer=parallelizer, checkpoint=db)
+    assert results == [x * x for x in range(20)]
+    after = executions(runs)
+    again = {x: after[x] - before.get(x, 0) for x in range(20)}
+    assert again == {x: 0 if x in done else 1 for x in range(20)}
+
+
+def test_a_finished_run_reruns_nothing_and_restores_records(tmp_path: Path) -> None:
+    runs, db = _runs(tmp_path), tmp_path / "sweep.sqlite"  # a Path works too
+    first = pj.Parallel(logged_square, range(6), kwargs={"folder": runs}, ncpus=2,
+                        checkpoint=db).run()
+    second = pj.Parallel(logged_square, range(6), kwargs={"folder": runs}, ncpus=2,
+                         checkpoint=db).run()
+    assert executions(runs) == dict.fromkeys(range(6), 1)
+    assert second.results == first.results
+    for old, new in zip(first.task_results, second.task_results, strict=True):
+        assert (new.pid, new.cpu_time, new.peak_rss) == (old.pid, old.cpu_time, old.peak_rss)
+        assert new.elapsed == pytest.approx(old.elapsed, rel=1e-6)
+        assert new.started == pytest.approx(old.started, abs=1e-3)
+
+
+def test_changed_inputs_run_again(tmp_path: Path) -> None:
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+    pj.parallelize(logged_square, [1, 2, 3, 4], kwargs={"folder": runs}, checkpoint=db,
+                   parallelizer="serial")
+    # One per-task value changed: that task alone runs again.
+    assert pj.parallelize(logged_square, [1, 2, 30, 4], kwargs={"folder": runs},
+                          checkpoint=db, parallelizer="serial") == [1, 4, 900, 16]
+    assert executions(runs) == {1: 1, 2: 1, 3: 1, 30: 1, 4: 1}
+    # A shared argument changed: every task runs again.
+    assert pj.parallelize(logged_square, [1, 2, 30, 4], kwargs={"folder": runs, "seconds": 0.001},
+                          checkpoint=db, parallelizer="serial") == [1, 4, 900, 16]
+    assert executions(runs) == {1: 2, 2: 2, 3: 1, 30: 2, 4: 2}
+
+
+def test_failed_tasks_run_again_unless_kept(tmp_path: Path) -> None:
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+    options: dict[str, Any] = {"kwargs": {"folder": runs, "fail": 2}, "checkpoint": db,
+                               "parallelizer": "serial", "die": False}
+    first = pj.Parallel(logged_square, range(4), **options).run()
+    assert first.success == [True, True, False, True]
+    kept = pj.Parallel(logged_square, range(4), rerun_failed=False, **options).run()
+    assert executions(runs) == dict.fromkeys(range(4), 1)
+    assert kept.success == [True, True, False, True]
+    error = kept.exceptions[2]
+    assert isinstance(error, ValueError)
+    assert str(error) == "task value 2 fails"
+    assert kept.results[2] is error
+    assert "logged_square" in kept.task_results[2].traceback
+    with pytest.raises(ValueError, match="task value 2 fails"):  # die applies to a kept failure
+        pj.parallelize(logged_square, range(4), kwargs={"folder": runs, "fail": 2},
+                       checkpoint=db, parallelizer="serial", rerun_failed=False)
+    pj.Parallel(logged_square, range(4), **options).run()  # rerun_failed=True by default
+    assert executions(runs) == {0: 1, 1: 1, 2: 2, 3: 1}
+
+
+def test_the_file_is_readable_without_parallel_jobs(tmp_path: Path) -> None:
+    import json
+    import pickle
+    from array import array
+
+    db = str(tmp_path / "sweep.sqlite")
+    runs = _runs(tmp_path)
+    pj.Parallel(logged_square, range(4), kwargs={"folder": runs, "fail": 2}, die=False,
+                parallelizer="serial", checkpoint=db).run()
+    with sqlite3.connect(db) as conn:
+        meta = dict(conn.execute("SELECT name, value FROM meta"))
+        tasks = conn.execute("SELECT idx, status, pid, error_type FROM tasks").fetchall()
+        batches = conn.execute("SELECT lo, hi, indices, results, elapsed FROM batches").fetchall()
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+    assert meta["function"] == "tests.jobs.logged_square"
+    assert meta["format"] == "1"
+    me = os.getpid()
+    assert tasks == [(0, "succeeded", me, None), (1, "succeeded", me, None),
+                     (2, "failed", me, "builtins.ValueError"), (3, "succeeded", me, None)]
+    # A batch of consecutive tasks says which by lo and hi, any other lists them.
+    indices = [i for lo, hi, listed, _, _ in batches
+               for i in (range(lo, hi) if listed is None else json.loads(listed))]
+    results = [r for row in batches for r in pickle.loads(row[3])]
+    assert dict(zip(indices, results, strict=True)) == {0: 0, 1: 1, 2: None, 3: 9}
+    elapsed = array("d")
+    for row in batches:
+        elapsed.frombytes(row[4])
+    assert len(elapsed) == 4
+    assert all(seconds >= 0 for seconds in elapsed)
+    pandas = pytest.importorskip("pandas")
+    with sqlite3.connect(db) as conn:
+        frame = pandas.read_sql("SELECT idx, status FROM tasks", conn)
+    conn.close()
+    assert list(frame["status"]) == ["succeeded", "succeeded", "failed", "succeeded"]
+
+
+def test_captured_output_is_kept(tmp_path: Path) -> None:
+    db = str(tmp_path / "sweep.sqlite")
+    first = pj.Parallel(noisy_square, range(3), parallelizer="serial", capture=True,
+                        checkpoint=db).run()
+    again = pj.Parallel(noisy_square, range(3), parallelizer="serial", capture=True,
+                        checkpoint=db).run()
+    assert first.stdout == again.stdout == [f"task {i}\n" for i in range(3)]
+    assert [r.stdout for r in pj.load_checkpoint(db)] == first.stdout
+
+
+def test_load_checkpoint_gives_task_results(tmp_path: Path) -> None:
+    db = str(tmp_path / "sweep.sqlite")
+    runs = _runs(tmp_path)
+    pj.Parallel(logged_square, range(4), kwargs={"folder": runs, "fail": 1}, ncpus=2,
+                die=False, checkpoint=db).run()
+    loaded = pj.load_checkpoint(db)
+    assert [(r.index, r.value, r.success) for r in loaded] == [
+        (0, 0, True), (1, None, False), (2, 4, True), (3, 9, True)]
+    assert isinstance(loaded[1].exception, ValueError)
+    assert "task value 1 fails" in loaded[1].traceback
+    assert all(r.attempts == 1 and r.pid > 0 and r.finished >= r.started > 0 for r in loaded)
+    with pytest.raises(pj.CheckpointError, match="no such file"):
+        pj.load_checkpoint(tmp_path / "missing.sqlite")
+
+
+def test_a_result_that_cannot_be_pickled_runs_again(tmp_path: Path) -> None:
+    db = str(tmp_path / "sweep.sqlite")
+    assert len(pj.parallelize(generator_of, [1, 2], parallelizer="thread", checkpoint=db)) == 2
+    loaded = pj.load_checkpoint(db)
+    assert [r.success for r in loaded] == [True, True]
+    assert "cannot be pickled" in str(loaded[0].exception)
+    with sqlite3.connect(db) as conn:
+        assert {row[0] for row in conn.execute("SELECT status FROM tasks")} == {"unsaved"}
+    conn.close()
+    again = pj.Parallel(generator_of, [1, 2], parallelizer="thread", checkpoint=db).run()
+    assert [r.pid for r in again.task_results] == [os.getpid()] * 2
+    assert [r.started > loaded[0].finished for r in again.task_results] == [True, True]
+
+
+@pytest.mark.timeout(60)
+def test_a_second_run_on_the_same_file_fails_at_its_start(tmp_path: Path) -> None:
+    db, release = str(tmp_path / "sweep.sqlite"), str(tmp_path / "release")
+    first = pj.Parallel(wait_for_path, range(2), kwargs={"path": release}, ncpus=2,
+                        checkpoint=db)
+    first.run_async()
+    try:
+        with pytest.raises(pj.CheckpointError, match="another run is using it") as caught:
+            pj.parallelize(wait_for_path, range(2), kwargs={"path": release},
+                           parallelizer="serial", checkpoint=db)
+        assert caught.value.path == db
+        assert isinstance(caught.value, OSError)
+    finally:
+        Path(release).touch()
+        first.finalize()
+    assert first.results == [0, 1]
+    assert [r.index for r in pj.load_checkpoint(db)] == [0, 1]
+
+
+def test_a_file_of_another_function_is_refused_and_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "sweep.sqlite"
+    pj.parallelize(square, range(3), parallelizer="serial", checkpoint=db)
+    before = _digest(db)
+    with pytest.raises(pj.CheckpointError, match=r"sweep\.sqlite.*tests\.jobs\.square.*"
+                       r"not of tests\.jobs\.noisy_square"):
+        pj.parallelize(noisy_square, range(3), parallelizer="serial", checkpoint=db)
+    assert _digest(db) == before
+
+
+@pytest.mark.parametrize("content", [b"not a database at all" * 100,
+                                     b"SQLite format 3\0" + b"\xff" * 200])
+def test_a_damaged_file_is_refused_and_left_alone(tmp_path: Path, content: bytes) -> None:
+    db = tmp_path / "sweep.sqlite"
+    db.write_bytes(content)
+    with pytest.raises(pj.CheckpointError, match=r"sweep\.sqlite.*not a SQLite database"):
+        pj.parallelize(square, range(3), parallelizer="serial", checkpoint=db)
+    assert db.read_bytes() == content
+    with pytest.raises(pj.CheckpointError, match="not a SQLite database"):
+        pj.load_checkpoint(db)
+
+
+def test_another_database_or_a_folder_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE people (name TEXT)")
+    conn.close()
+    before = _digest(db)
+    with pytest.raises(pj.CheckpointError, match="not a parallel_jobs checkpoint"):
+        pj.parallelize(square, range(3), parallelizer="serial", checkpoint=db)
+    assert _digest(db) == before
+    with pytest.raises(pj.CheckpointError, match="cannot be opened"):
+        pj.parallelize(square, range(3), parallelizer="serial", checkpoint=tmp_path)
+    with pytest.raises(TypeError, match="checkpoint must be a file path"):
+        pj.Parallel(square, range(3), checkpoint=3)  # type: ignore[arg-type]
+
+
+def test_checkpoint_error_pickles() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(pj.CheckpointError("a.sqlite", "is odd")))
+    assert (error.path, error.reason, str(error)) == ("a.sqlite", "is odd",
+                                                      "checkpoint 'a.sqlite': is odd")
+
+
+_KILLED_SWEEP = """
+import sys
+import parallel_jobs as pj
+from tests.jobs import logged_square
+
+db, runs, reported = sys.argv[1:4]
+
+def report(data):
+    # Runs after the task's batch is committed: what it names must be in the file.
+    with open(reported, "a") as fh:
+        fh.write(f"{data['index']}\\n")
+
+pj.parallelize(logged_square, range(60), kwargs={"folder": runs, "seconds": 0.02}, ncpus=2,
+               chunksize=3, callback=report, checkpoint=db)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_parent_loses_nothing_reported_and_resume_runs_the_rest(
+        tmp_path: Path) -> None:
+    runs, db, reported = _runs(tmp_path), tmp_path / "sweep.sqlite", tmp_path / "reported"
+    script = tmp_path / "sweep.py"
+    script.write_text(_KILLED_SWEEP)
+    child = subprocess.Popen([sys.executable, str(script), str(db), runs, str(reported)],
+                             cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert child.poll() is None, "the sweep ended before it was killed"
+            assert time.monotonic() < deadline, "the sweep never wrote 10 tasks"
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    count = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+                conn.close()
+            except sqlite3.Error:
+                count = 0  # not created yet
+            if count >= 10:
+                break
+            time.sleep(0.01)
+        workers = psutil.Process(child.pid).children(recursive=True)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    # Orphaned workers may finish a task or two: wait until none is left to count its file.
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+    done = {r.index for r in pj.load_checkpoint(db)}
+    assert 10 <= len(done) < 60
+    told = {int(line) for line in reported.read_text().split()}
+    assert told <= done
+    before = executions(runs)
+    results = pj.parallelize(logged_square, range(60), kwargs={"folder": runs, "seconds": 0.02},
+                             ncpus=2, chunksize=3, checkpoint=db)
+    assert results == [x * x for x in range(60)]
+    after = executions(runs)
+    again = {x: after[x] - before.get(x, 0) for x in range(60)}
+    assert again == {x: 0 if x in done else 1 for x in range(60)}
+
+
+def test_dask_checkpoints_in_the_parent_and_streams(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        pj.parallelize(logged_square, range(3), kwargs={"folder": runs}, parallelizer=client,
+                       checkpoint=db)
+        assert pj.parallelize(logged_square, range(5), kwargs={"folder": runs},
+                              parallelizer=client, checkpoint=db) == [0, 1, 4, 9, 16]
+        streamed = pj.imap(logged_square, iter(range(7)), kwargs={"folder": runs},
+                           parallelizer=client, checkpoint=db, ordered=False)
+        assert sorted(streamed) == [x * x for x in range(7)]
+    finally:
+        client.close()
+        cluster.close()
+    assert executions(runs) == dict.fromkeys(range(7), 1)
+
+
+def test_a_batch_of_no_task_writes_nothing(tmp_path: Path) -> None:
+    # A chunk stopped before its first task comes back with no task in it.
+    from parallel_jobs.checkpoint import Checkpoint
+    from parallel_jobs.task import Batch, Payload
+
+    checkpoint = Checkpoint.open(tmp_path / "sweep.sqlite", Payload(square))
+    try:
+        batch = Batch.empty(range(3), 0)
+        batch.cut(0)
+        checkpoint.write(batch, set(), lambda index: 0)
+    finally:
+        checkpoint.close()
+    assert pj.load_checkpoint(tmp_path / "sweep.sqlite") == []
+
+
+def test_the_file_alone_holds_everything_once_the_run_returns(tmp_path: Path) -> None:
+    # The write-ahead log is moved into the file before run() returns: a copy of the file
+    # made at once (to keep, or to send) misses nothing.
+    import shutil
+
+    db = tmp_path / "sweep.sqlite"
+    pj.parallelize(square, range(50), ncpus=2, checkpoint=db)
+    assert not Path(f"{db}-wal").exists()
+    copy = tmp_path / "copy.sqlite"
+    shutil.copyfile(db, copy)
+    assert [r.value for r in pj.load_checkpoint(copy)] == [x * x for x in range(50)]
