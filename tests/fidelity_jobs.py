@@ -3,6 +3,7 @@ rely on it (module level, so that every start method finds them by reference).""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from typing import Any
@@ -98,3 +99,26 @@ def fail_noisily(x: int) -> int:
     print(f"about to fail {x}")
     msg = f"failing {x}"
     raise ValueError(msg)
+
+
+class RefusedByOtherProcesses:
+    """Pickles anywhere, but unpickles only in the process that made it: what the parent gets
+    back from a worker when a result needs something only the worker has."""
+
+    def __init__(self) -> None:
+        self.maker = os.getpid()
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return _rebuild_refused, (self.maker,)
+
+
+def _rebuild_refused(maker: int) -> RefusedByOtherProcesses:
+    if os.getpid() != maker:
+        msg = f"made in process {maker}, cannot live in {os.getpid()}"
+        raise RuntimeError(msg)
+    return RefusedByOtherProcesses()
+
+
+def refused_on(x: int, bad: int = 2) -> Any:
+    """Return ``x``, or, for ``bad``, a value the parent cannot unpickle."""
+    return RefusedByOtherProcesses() if x == bad else [x]

@@ -309,3 +309,21 @@ def test_a_label_given_to_parallelize_goes_to_the_function_as_in_sciris() -> Non
         return f"{label}{x}"
 
     assert parallelize(labelled, [1, 2], parallelizer="serial", label="run") == ["run1", "run2"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parallelizer", PROCESS_BACKENDS)
+def test_a_result_the_parent_cannot_unpickle_fails_its_own_task_only(parallelizer: str) -> None:
+    from parallel_jobs import SerializationError
+
+    with pytest.warns(RuntimeWarning, match="5 of 6"):
+        P = Parallel(fj.refused_on, range(6), ncpus=2, parallelizer=parallelizer, chunksize=3,
+                     die=False).run()
+    assert P.success == [True, True, False, True, True, True]
+    assert P.exceptions is not None
+    error = P.exceptions[2]
+    assert isinstance(error, SerializationError)
+    assert "task 2" in str(error)
+    assert "cannot live in" in str(error)
+    assert P.results is not None
+    assert [P.results[i] for i in (0, 1, 3, 4, 5)] == [[0], [1], [3], [4], [5]]

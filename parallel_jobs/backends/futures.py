@@ -35,7 +35,7 @@ from .base import (
     logger,
     wait_for_deadlines,
 )
-from .wire import chunk_pickler, encode_chunk, pack_payload, pack_per_task
+from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
 
@@ -168,7 +168,7 @@ class FuturesBackend(Backend):
                 continue
             chunk = self.futures.pop(future)
             try:
-                batches.append(pickle.loads(future.result()))
+                batches.append(decode_batch(future.result(), chunk, 0))
             except BrokenProcessPool:
                 broken = True
                 detail = "concurrent.futures cannot tell which task killed its pool."
