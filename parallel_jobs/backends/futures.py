@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import pickle
+import signal
 import time
 from collections.abc import Mapping, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,10 @@ def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
     global _PAYLOAD, _SLOT
     from .._shm import keep_segments_open, loads_payload
 
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens
+    # (as in the default pool's workers). Otherwise a task would record the caller's
+    # KeyboardInterrupt as its own failure, and the run would go on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_segments_open()
     _PAYLOAD = loads_payload(blob)
     if slots is not None:
