@@ -27,6 +27,7 @@ arrays through shared memory) otherwise. Each message carries a chunk, never a s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import mmap
 import multiprocessing
@@ -34,8 +35,9 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
@@ -438,18 +440,12 @@ class ProcessPoolBackend(Backend):
             name=f"parallel_jobs-worker-{number}",
             daemon=False,  # daemonic processes may not start their own pools (nested runs)
         )
-        # A Ctrl-C that lands while a worker forks must reach neither the child (it would run
-        # the caller's handler, and the caller's code after it) nor the parent before the
-        # worker is recorded for shutdown to stop: it waits until then, and the child drops it.
-        interrupts = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with _interrupts_held():
             process.start()
             child_conn.close()
             self.started_workers += 1
             worker = _Worker(number, process, parent_conn, slot)
             self.workers[number] = worker
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, interrupts)
         if isinstance(self.payload, bytes):
             _send_payload(worker, self.world, self.payload)
         logger.debug("started worker %d (pid %d)", number, process.pid)
@@ -681,6 +677,35 @@ class ProcessPoolBackend(Backend):
         _release(worker.process)
         worker.chunk = None
         self.workers[worker.number] = None
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back while a worker starts, and deliver it once the worker is recorded.
+
+    Otherwise it could land in the child between fork and the worker's first line, running the
+    caller's handler there (and the caller's code after it), or in the parent halfway through
+    ``Process.start`` (an exception in an at-fork hook is printed and dropped), leaving a worker
+    that shutdown does not know. SIGINT is blocked in this thread, which a forked or spawned
+    child inherits until :func:`~parallel_jobs.worker.worker_main` ignores it; and as another
+    thread may still take the signal for the process, a Python handler in the main thread only
+    notes it meanwhile.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous):
+            signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)
 
 
 def _send_payload(worker: _Worker, world: bytes, blob: bytes) -> None:
