@@ -277,13 +277,20 @@ from parallel_jobs import Parallel
 from tests import jobs
 
 if __name__ == "__main__":
-    Parallel(jobs.report_then_wait, range(4), folder=folder, quick=0, ncpus=2, chunksize=1,
-             start_method="fork", parallelizer=parallelizer).run()
+    P = Parallel(jobs.report_then_wait, range(4), folder=folder, quick=0, ncpus=2, chunksize=1,
+                 start_method="fork",
+                 parallelizer=None if parallelizer == "finalize" else parallelizer)
+    if parallelizer == "finalize":
+        P.run_async()
+        P.finalize()
+    else:
+        P.run()
 """
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("parallelizer", ["default", "default-async"])
+# 'finalize': the caller starts a background run and waits for it in finalize() itself.
+@pytest.mark.parametrize("parallelizer", ["default", "default-async", "finalize"])
 def test_a_second_interrupt_does_not_cut_the_cleanup_short(
     parallelizer: str, tmp_path: Path
 ) -> None:

@@ -163,9 +163,14 @@ def test_kept_workers_outlive_the_thread_that_started_them(tmp_path: Path) -> No
         while not all(p.exists() for p in started) and time.monotonic() < deadline:
             time.sleep(0.01)
         # The first run's thread ends while the second run's tasks run in its workers.
+        native = thread.native_id
         may_end.set()
         thread.join(30)
-        time.sleep(0.2)  # a kernel's SIGKILL would land within this
+        # The kernel signals a thread's children when the thread itself is gone, a moment
+        # after join() returns.
+        while os.path.exists(f"/proc/self/task/{native}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(f"/proc/self/task/{native}")
         (tmp_path / "go").touch()
         P.finalize()
     finally:
