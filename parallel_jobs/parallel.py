@@ -1020,11 +1020,11 @@ class _RunSignals:
 
     The first SIGINT or SIGTERM raises KeyboardInterrupt, which stops the run: the workers are
     killed and shared memory is released as the exception unwinds. Signals that follow (a
-    second Ctrl-C, a wrapper such as ``uv run`` forwarding the terminal's) are held back until
-    then, so that they cannot cut that cleanup short and leave workers running; one of them is
-    raised after it. A SIGTERM becomes ``SystemExit(143)`` once the run is stopped: the shell sees
-    the status of a process that SIGTERM ended, and the caller's ``finally`` blocks and exit
-    handlers still run. A signal with a handler of the caller's is left to that handler.
+    second Ctrl-C, a wrapper such as ``uv run`` forwarding the terminal's) are only noted, so
+    that they cannot cut that cleanup short and leave workers running: the run is ending
+    anyway. A SIGTERM, first or later, becomes ``SystemExit(143)`` once the run is stopped: the
+    shell sees the status of a process that SIGTERM ended, and the caller's ``finally`` blocks
+    and exit handlers still run. A signal with a handler of the caller's is left to it.
 
     ``shield=True`` only holds signals back, and delivers the first again at the end (while a
     background run is being stopped outside :meth:`Parallel.run`).
