@@ -759,8 +759,7 @@ class Parallel:
         """
         if self.choice.is_async:
             self.run_async()
-            with _RunSignals():
-                return self.finalize()
+            return self.finalize()
         runner = self._begin()
         with _RunSignals():
             try:
@@ -893,23 +892,31 @@ class Parallel:
         self.finalize()
 
     def finalize(self) -> Parallel:
-        """Wait for a background run, gather its results, and re-raise its error if any."""
+        """Wait for a background run, gather its results, and re-raise its error if any.
+
+        Raises:
+            KeyboardInterrupt: on Ctrl-C, once the background run and its workers are stopped.
+            SystemExit: with status 143 on SIGTERM, likewise (see :meth:`run`).
+        """
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            try:
-                while thread.is_alive():
-                    thread.join(0.1)
-            except KeyboardInterrupt:
-                self._stop_background()
-                self._error = None  # the caller gets this very interrupt
-                raise
-            finally:
-                # The run's own signal that it ended, not the thread's: after Ctrl-C, the thread
-                # may still be finishing its last lines when the run is over.
-                if self._finished.is_set():
-                    self._complete()
-                else:
-                    self._thread = thread
+            # Handled from the first line: a second Ctrl-C right after the first must find
+            # the handler that holds it back while the run stops.
+            with _RunSignals():
+                try:
+                    while thread.is_alive():
+                        thread.join(0.1)
+                except KeyboardInterrupt:
+                    self._stop_background()
+                    self._error = None  # the caller gets this very interrupt
+                    raise
+                finally:
+                    # The run's own signal that it ended, not the thread's: after Ctrl-C, the
+                    # thread may still be finishing its last lines when the run is over.
+                    if self._finished.is_set():
+                        self._complete()
+                    else:
+                        self._thread = thread
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -918,7 +925,8 @@ class Parallel:
     def _stop_background(self) -> None:
         """On Ctrl-C while waiting for a background run, stop the run too: otherwise its
         workers would go on, and the interpreter's exit would wait for them. A second Ctrl-C
-        meanwhile waits until the workers are stopped (see :class:`_RunSignals`)."""
+        meanwhile waits until the workers are stopped (see :class:`_RunSignals`; finalize()
+        holds it back already, monitor() from here on)."""
         assert self._runner is not None
         with _RunSignals(shield=True):
             self._runner.interrupt()
@@ -1026,8 +1034,8 @@ class _RunSignals:
     shell sees the status of a process that SIGTERM ended, and the caller's ``finally`` blocks
     and exit handlers still run. A signal with a handler of the caller's is left to it.
 
-    ``shield=True`` only holds signals back, and delivers the first again at the end (while a
-    background run is being stopped outside :meth:`Parallel.run`).
+    ``shield=True`` only holds signals back, and delivers the first again at the end (while
+    :meth:`Parallel.monitor` stops a background run).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
