@@ -810,7 +810,7 @@ class Parallel:
         runner = self._begin(store, source)
         steps = runner.iterate()
         try:
-            with _sigterm_as_interrupt():
+            with _RunSignals():
                 for _ in steps:
                     yield from store.ready()
                 yield from store.ready(final=True)
