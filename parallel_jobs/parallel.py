@@ -751,15 +751,17 @@ class Parallel:
 
         Raises:
             Exception: with ``die=True``, the first task's exception, as its own type.
-            KeyboardInterrupt: on Ctrl-C or SIGTERM; workers are stopped first, and the results
-                finished so far are kept.
+            KeyboardInterrupt: on Ctrl-C; workers are stopped first, and the results finished
+                so far are kept.
+            SystemExit: with status 143 on SIGTERM (when the run is in the main thread and
+                SIGTERM has no handler of the caller's), once the workers are stopped, as an
+                unhandled SIGTERM ends a process with that status.
         """
         if self.choice.is_async:
             self.run_async()
-            with _sigterm_as_interrupt():
-                return self.finalize()
+            return self.finalize()
         runner = self._begin()
-        with _sigterm_as_interrupt():
+        with _RunSignals():
             try:
                 runner.run()
             finally:
@@ -808,7 +810,7 @@ class Parallel:
         runner = self._begin(store, source)
         steps = runner.iterate()
         try:
-            with _sigterm_as_interrupt():
+            with _RunSignals():
                 for _ in steps:
                     yield from store.ready()
                 yield from store.ready(final=True)
@@ -890,23 +892,31 @@ class Parallel:
         self.finalize()
 
     def finalize(self) -> Parallel:
-        """Wait for a background run, gather its results, and re-raise its error if any."""
+        """Wait for a background run, gather its results, and re-raise its error if any.
+
+        Raises:
+            KeyboardInterrupt: on Ctrl-C, once the background run and its workers are stopped.
+            SystemExit: with status 143 on SIGTERM, likewise (see :meth:`run`).
+        """
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            try:
-                while thread.is_alive():
-                    thread.join(0.1)
-            except KeyboardInterrupt:
-                self._stop_background()
-                self._error = None  # the caller gets this very interrupt
-                raise
-            finally:
-                # The run's own signal that it ended, not the thread's: after Ctrl-C, the thread
-                # may still be finishing its last lines when the run is over.
-                if self._finished.is_set():
-                    self._complete()
-                else:
-                    self._thread = thread
+            # Handled from the first line: a second Ctrl-C right after the first must find
+            # the handler that holds it back while the run stops.
+            with _RunSignals():
+                try:
+                    while thread.is_alive():
+                        thread.join(0.1)
+                except KeyboardInterrupt:
+                    self._stop_background()
+                    self._error = None  # the caller gets this very interrupt
+                    raise
+                finally:
+                    # The run's own signal that it ended, not the thread's: after Ctrl-C, the
+                    # thread may still be finishing its last lines when the run is over.
+                    if self._finished.is_set():
+                        self._complete()
+                    else:
+                        self._thread = thread
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -914,10 +924,13 @@ class Parallel:
 
     def _stop_background(self) -> None:
         """On Ctrl-C while waiting for a background run, stop the run too: otherwise its
-        workers would go on, and the interpreter's exit would wait for them."""
+        workers would go on, and the interpreter's exit would wait for them. A second Ctrl-C
+        meanwhile waits until the workers are stopped (see :class:`_RunSignals`; finalize()
+        holds it back already, monitor() from here on)."""
         assert self._runner is not None
-        self._runner.interrupt()
-        self._finished.wait(10.0)  # stopping takes milliseconds; never hang on a backend
+        with _RunSignals(shield=True):
+            self._runner.interrupt()
+            self._finished.wait(10.0)  # stopping takes milliseconds; never hang on a backend
 
     def _complete(self) -> None:
         """Turn the store into results, success, exceptions and times."""
@@ -1010,31 +1023,61 @@ def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:
     raise TypeError(msg)
 
 
-class _sigterm_as_interrupt:
-    """While a run is in the main thread, SIGTERM raises KeyboardInterrupt, so the run's
-    cleanup (stopping workers, unlinking shared memory) happens as it does for Ctrl-C."""
+class _RunSignals:
+    """How Ctrl-C and SIGTERM end a run in the main thread (elsewhere, Python delivers neither).
+
+    The first SIGINT or SIGTERM raises KeyboardInterrupt, which stops the run: the workers are
+    killed and shared memory is released as the exception unwinds. Signals that follow (a
+    second Ctrl-C, a wrapper such as ``uv run`` forwarding the terminal's) are only noted, so
+    that they cannot cut that cleanup short and leave workers running: the run is ending
+    anyway. A SIGTERM, first or later, becomes ``SystemExit(143)`` once the run is stopped: the
+    shell sees the status of a process that SIGTERM ended, and the caller's ``finally`` blocks
+    and exit handlers still run. A signal with a handler of the caller's is left to it.
+
+    ``shield=True`` only holds signals back, and delivers the first again at the end (while
+    :meth:`Parallel.monitor` stops a background run).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, shield: bool = False) -> None:
+        self.shield = shield
+        self.owner = os.getpid()
+        self.previous: dict[int, Any] = {}
+        self.received: list[int] = []
 
     def __enter__(self) -> None:
-        self.previous: Any = None
-        self.owner = os.getpid()
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self.previous = signal.signal(signal.SIGTERM, self._raise_interrupt)
-            except (ValueError, OSError):
-                self.previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        for signum in self.SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is defaults[signum]:
+                self.previous[signum] = signal.signal(signum, self._on)
 
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if self.shield:
+            if self.received:
+                # Delivered again now that the handlers of the run are back in place.
+                signal.raise_signal(self.received[0])
+            return
+        if signal.SIGTERM in self.received:
+            raise SystemExit(128 + signal.SIGTERM)
+        if self.received and kind is None:
+            raise KeyboardInterrupt(f"received signal {self.received[0]}")
 
-    def _raise_interrupt(self, signum: int, frame: Any) -> None:
+    def _on(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.owner:
             # A worker forked during the run inherited this handler: it must die of the signal
             # as a worker does, not raise KeyboardInterrupt inside its task.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise KeyboardInterrupt(f"received signal {signum}")
+        self.received.append(signum)
+        if len(self.received) == 1 and not self.shield:
+            raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def parallelize(

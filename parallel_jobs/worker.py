@@ -28,13 +28,17 @@ __all__ = [
     "IDLE",
     "RELEASE",
     "UNMETERED_RUN",
+    "WORLD",
     "TaskSeeder",
     "binds_random_early",
     "draw_entropy",
     "dumps",
     "encode_batch",
+    "manager_main",
     "run_chunk",
+    "take_world",
     "worker_main",
+    "world",
 ]
 
 try:
@@ -484,17 +488,30 @@ RELEASE = b"parallel_jobs.release"
 payload (and with it any shared-memory mapping), then wait for the next one."""
 
 
-def worker_main(conn: Any, payload: Payload | None, slot: Any) -> None:
+WORLD = b"parallel_jobs.world:"
+"""Prefixes the message that precedes each run's payload to a spawned or forkserver worker: the
+pickled working directory, environment variables and ``sys.path`` of the parent at the start of
+that run, which the worker takes on before it unpickles anything (see :func:`take_world`)."""
+
+
+def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = None) -> None:
     """Serve chunks from ``conn`` until it sends None or closes.
 
     ``payload`` is the Payload itself when the worker was forked (inherited, never pickled);
-    otherwise it is None and the first message is the bytes
-    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of it. Such a worker may then be kept
-    between runs: :data:`RELEASE` ends a run, and the next message is the next run's payload.
+    otherwise it is None and each run starts with a :data:`WORLD` message, then the bytes
+    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of the payload. Such a worker may then
+    be kept between runs: :data:`RELEASE` ends a run, and the next messages start the next run.
+    ``lifeline`` is the read end of a pipe that only the parent process writes to (see
+    :func:`_die_with_parent`).
     """
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens.
+    # A process group of its own: a terminal's Ctrl-C reaches the parent alone, which decides,
+    # and the parent can kill this worker together with every process its tasks started.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    os.setpgid(0, 0)
+    # The parent blocks SIGINT while it starts a worker, so that no Ctrl-C lands between fork
+    # and the line above; one that did is discarded now, as SIGINT is ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(lifeline)
     if payload is None or payload.blob is not None:
         # Tasks will unpickle the shared arguments each: map their arrays without reopening.
         from ._shm import keep_segments_open
@@ -512,6 +529,9 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any) -> None:
 
             try:
                 blob = conn.recv_bytes()
+                if blob.startswith(WORLD):
+                    take_world(blob)
+                    blob = conn.recv_bytes()
             except (EOFError, OSError):
                 return
             if blob == pickle.dumps(None):
@@ -527,6 +547,24 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any) -> None:
         from ._shm import forget_segments
 
         forget_segments()
+
+
+def world() -> bytes:
+    """The :data:`WORLD` message for a run starting now in this process."""
+    return WORLD + pickle.dumps((os.getcwd(), dict(os.environ), list(sys.path)))
+
+
+def take_world(message: bytes) -> None:
+    """Take on the working directory, environment and ``sys.path`` that ``message`` carries, so
+    that a worker kept from an earlier run sees what a freshly started one would."""
+    cwd, environ, path = pickle.loads(message[len(WORLD):])
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    if sys.path != path:
+        sys.path[:] = path
 
 
 def _after_fork() -> None:
@@ -575,23 +613,54 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
             return False
 
 
-_PR_SET_PDEATHSIG = 1
+_LIFELINE: list[int] = []
+"""This worker's own open file of the parent's lifeline pipe, kept open for as long as it lives."""
 
 
-def _die_with_parent() -> None:
-    """On Linux, have the kernel kill this worker when the thread that started it ends.
+def _die_with_parent(lifeline: Any) -> None:
+    """On Linux, have the kernel kill this worker's process group the moment the parent process
+    ends, however it ends (SIGKILL, the out-of-memory killer), whichever thread started it.
 
-    That thread is the run's (the caller's or the background runner's), which outlives every
-    worker it starts unless the whole process dies; then the parent had no chance to stop its
-    workers (SIGKILL, the out-of-memory killer), and a hung task would run on for hours.
+    ``lifeline`` is the read end of a pipe whose write end only the parent process holds: when
+    the parent ends, the pipe reaches end-of-file, and the kernel then signals (``O_ASYNC``)
+    the process group that owns this file with SIGKILL, so a busy task and any process it
+    started die with it. The file is this worker's own (opened again through ``/proc``):
+    the owner and signal belong to an open file, which an inherited descriptor would share with
+    the parent and every other worker. Elsewhere the worker ends at its next read from the
+    parent.
     """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if lifeline is None:
+        return
+    try:
+        if not sys.platform.startswith("linux"):
+            return
+        import fcntl
+        import select
+
+        fd = os.open(f"/proc/self/fd/{lifeline.fileno()}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    finally:
+        lifeline.close()
+    _LIFELINE.append(fd)
+    fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    # The parent may have ended before the line above armed the signal.
+    if select.select([fd], [], [], 0)[0]:
+        os.killpg(0, signal.SIGKILL)
+
+
+def manager_main(lifeline: Any) -> None:
+    """Initializer of the process that serves a run's ``globaldict``: it ends with the parent,
+    as a worker does, and keeps out of the terminal's process group for the same reason."""
+    os.setpgid(0, 0)
+    _die_with_parent(lifeline)
 
 
 def _find_prctl() -> Any:
     """libc's ``prctl``, looked up once in the parent so that forked workers start faster; None
-    off Linux or where libc has none (the worker then ends at its next read from the parent)."""
+    off Linux or where libc has none."""
     if not sys.platform.startswith("linux"):
         return None
     try:

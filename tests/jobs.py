@@ -511,3 +511,47 @@ def generator_of(x: int) -> Any:
 def wait_unless(x: int, path: str, free: int = 0) -> int:
     """Return task ``free``'s ``x`` at once; the others wait for ``path`` to exist."""
     return x if x == free else wait_for_path(x, path)
+
+
+
+
+# -- process lifecycle (tests/test_interrupt.py, tests/test_kept_workers.py) --------------------
+
+
+def note(folder: str, name: str, text: str) -> None:
+    """Write ``text`` into ``folder/name`` atomically, so a reader never sees half of it."""
+    path = os.path.join(folder, name)
+    with open(path + ".tmp", "w") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def spin_noted(x: int, folder: str, globaldict: Any = None) -> int:
+    """Write this worker's pid into ``folder/running-x``, then keep a CPU busy for 30 s
+    (``globaldict`` lets a run share one, which starts a manager process)."""
+    note(folder, f"running-{x}", str(os.getpid()))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pass
+    return x
+
+
+def start_helper_then_crash(x: int, folder: str, bad: int = 1) -> int:
+    """Task ``bad`` starts a helper process (a sleeping Python), writes its pid into
+    ``folder/helper``, then kills its own worker: the helper must not outlive the crash."""
+    if x == bad:
+        import signal
+        import subprocess
+        import sys
+
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        note(folder, "helper", str(helper.pid))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def world_seen(_: Any = None) -> tuple[str, str | None, list[str], int]:
+    """What a task sees of the world: cwd, $PARALLEL_JOBS_TEST_WORLD, sys.path, and its pid."""
+    import sys
+
+    return os.getcwd(), os.environ.get("PARALLEL_JOBS_TEST_WORLD"), list(sys.path), os.getpid()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "BackendOptions",
     "chunk_failed",
     "copied",
+    "kill_group",
     "kill_tree",
     "logger",
     "mark_overruns",
@@ -138,7 +140,8 @@ class Backend(abc.ABC):
 
 
 def kill_tree(pid: int) -> None:
-    """Kill process ``pid`` and every process below it, deepest first."""
+    """Kill process ``pid`` and every process below it, deepest first, and every process of the
+    process group it leads (a default pool's worker leads one: see :func:`kill_group`)."""
     import psutil
 
     try:
@@ -146,6 +149,7 @@ def kill_tree(pid: int) -> None:
         children = root.children(recursive=True)
     except psutil.Error:
         children = []
+    kill_group(pid)
     for child in reversed(children):
         try:
             child.kill()
@@ -153,6 +157,20 @@ def kill_tree(pid: int) -> None:
             pass
     try:
         os.kill(pid, 9)
+    except OSError:
+        pass
+
+
+def kill_group(pid: int) -> None:
+    """Kill the process group that process ``pid`` leads, if any, even after ``pid`` ended.
+
+    That is how processes a task started are stopped with a worker that crashed: they belong
+    to their parent's group even once they are orphans, and a group's id is not given to a new
+    process while any member lives. (A process that leads no group, such as a 'fast' worker,
+    has no group of that id to kill.)
+    """
+    try:
+        os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
 

@@ -13,8 +13,10 @@
         waker pipe      -> Runner.interrupt() from another thread: return, the Runner stops
 
 A worker that cannot unpickle what it was sent answers with a SerializationError instead of a
-batch; a worker ignores SIGINT (the parent decides) and, on Linux, dies with the parent thread
-that started it (PR_SET_PDEATHSIG), so no worker outlives a parent killed outright.
+batch. A worker leads a process group of its own and ignores SIGINT: the parent decides, and
+kills the whole group (the worker and whatever its tasks started) when a task crashes or
+overruns. On Linux the kernel kills that group when the parent process ends, however it ends
+(see :class:`_Lifelines`), so no worker outlives a parent killed outright.
 
 Nothing polls: the parent blocks on result pipes and process sentinels together, so a dead worker
 is seen the moment it dies, and the only timer is the earliest task deadline. The payload
@@ -25,23 +27,27 @@ arrays through shared memory) otherwise. Each message carries a chunk, never a s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import mmap
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..task import Batch, Chunk, Payload
-from ..worker import IDLE, RELEASE, STOP, worker_main
+from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
 from .base import (
     Backend,
     BackendOptions,
     chunk_failed,
+    kill_group,
     kill_tree,
     logger,
     wait_for_deadlines,
@@ -125,6 +131,54 @@ INHERIT_MOST_TASKS = 200
 ``_shm``); longer runs copy them to shared memory once."""
 
 
+class _Lifelines:
+    """One pipe per process library whose write end only this process holds, and never writes.
+
+    Each worker and manager process reads it (see :func:`~parallel_jobs.worker._die_with_parent`):
+    when this process ends, however it ends, the pipe reaches end-of-file and the kernel kills
+    them. Unlike PR_SET_PDEATHSIG, which fires when the *thread* that started a process ends
+    and, under forkserver, follows the fork server instead of this process, the pipe lives as
+    long as this process does. A child forked from this process closes the write ends (see
+    :func:`_after_fork_in_child`), or its parent's workers would live as long as it does.
+    """
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.pipes: dict[str, tuple[Any, Any]] = {}
+
+    def reader(self, context: Any) -> Any:
+        """The read end for processes of ``context``'s library, created on first use."""
+        library = type(context).__module__.split(".")[0]
+        pipe = self.pipes.get(library)
+        if pipe is None:
+            pipe = self.pipes[library] = context.Pipe(duplex=False)
+        return pipe[0]
+
+    def forget(self) -> None:
+        """In a forked child: close the copies of the parent's write ends."""
+        for _, writer in self.pipes.values():
+            writer.close()
+        self.owner, self.pipes = os.getpid(), {}
+
+
+_LIFELINES = _Lifelines()
+
+
+def _loaded_code() -> dict[str, Any]:
+    """The spec of each loaded module: ``importlib.reload`` gives a module a new one."""
+    return {name: getattr(module, "__spec__", None) for name, module in list(sys.modules.items())}
+
+
+def _reloaded(before: Mapping[str, Any]) -> bool:
+    """Whether a module loaded when ``before`` was taken has been reloaded (or replaced) since."""
+    now = sys.modules
+    for name, spec in before.items():
+        module = now.get(name)
+        if module is not None and getattr(module, "__spec__", None) is not spec:
+            return True
+    return False
+
+
 class _Worker:
     __slots__ = ("chunk", "conn", "number", "process", "slot")
 
@@ -144,19 +198,29 @@ class _KeptWorkers:
     So spawned and forkserver workers whose run ended cleanly are kept, idle and holding nothing
     of that run (see :data:`~parallel_jobs.worker.RELEASE`), for the next run of the same library
     and start method in this process. They are stopped at interpreter exit, by
-    :func:`release_workers`, and by the kernel when the thread that started them ends (Linux).
+    :func:`release_workers`, and by the kernel when this process ends (Linux).
+
+    A kept worker has imported the caller's modules as they were: once any module is reloaded
+    (``importlib.reload``, a notebook's autoreload), every kept worker is stopped rather than
+    reused, so that a run always calls the caller's current code. The working directory,
+    environment and ``sys.path`` are sent with each run's payload instead
+    (:func:`~parallel_jobs.worker.world`).
     """
 
     def __init__(self) -> None:
         self.owner = os.getpid()
         self.idle: dict[tuple[str, str], list[_Worker]] = {}
+        self.code: dict[str, Any] = {}  # _loaded_code() when the first worker was kept
 
     def take(self, key: tuple[str, str], count: int) -> list[_Worker]:
         """Up to ``count`` live kept workers for ``key``; the dead ones are reaped."""
         if os.getpid() != self.owner:
             # A forked child inherited the registry, not the workers: they are its parent's.
-            self.owner, self.idle = os.getpid(), {}
+            self.forget()
             return []
+        if self.idle and _reloaded(self.code):
+            logger.debug("a module was reloaded: stopping the kept workers")
+            self.release()
         taken: list[_Worker] = []
         pool = self.idle.get(key, [])
         while pool and len(taken) < count:
@@ -181,13 +245,27 @@ class _KeptWorkers:
         # registered again after every such start, to stop the kept workers before those join.
         atexit.unregister(release_workers)
         atexit.register(release_workers)
+        if not any(self.idle.values()):
+            self.code = _loaded_code()
         pool.append(worker)
         return True
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's kept workers without touching them, and take
+        them out of the process libraries' records, whose exit handler would join them."""
+        for pool in self.idle.values():
+            for worker in pool:
+                for name in ("multiprocess.process", "multiprocessing.process"):
+                    module = sys.modules.get(name)
+                    if module is not None:
+                        module._children.discard(worker.process)
+                worker.conn.close()
+        self.owner, self.idle, self.code = os.getpid(), {}, {}
 
     def release(self) -> None:
         """Stop every kept worker."""
         if os.getpid() != self.owner:
-            self.idle = {}
+            self.forget()
             return
         workers = [w for pool in self.idle.values() for w in pool]
         self.idle = {}
@@ -204,6 +282,35 @@ def _max_kept() -> int:
 
 
 _KEPT = _KeptWorkers()
+
+_FORKSERVER_LIBRARIES: set[str] = set()
+"""The process libraries whose fork server this process has used."""
+
+
+def _after_fork_in_child() -> None:
+    """In any child forked from this process (a worker, or the caller's own ``os.fork``): the
+    parent's kept workers, lifelines and fork servers are the parent's. The child neither
+    touches nor keeps them alive; it starts its own when it runs something itself."""
+    _KEPT.forget()
+    _LIFELINES.forget()
+    for library in _FORKSERVER_LIBRARIES:
+        module = sys.modules.get(f"{library}.forkserver")
+        server = getattr(module, "_forkserver", None)
+        if server is None or server._forkserver_pid is None:
+            continue
+        # The server is not this child's to wait for; its alive pipe must not outlive the parent.
+        if server._forkserver_alive_fd is not None:
+            try:
+                os.close(server._forkserver_alive_fd)
+            except OSError:
+                pass
+        server._forkserver_address = None
+        server._forkserver_alive_fd = None
+        server._forkserver_pid = None
+    _FORKSERVER_LIBRARIES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def release_workers() -> None:
@@ -270,6 +377,7 @@ class ProcessPoolBackend(Backend):
         self.pickle_chunk = chunk_pickler(self.forked)
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
+            _FORKSERVER_LIBRARIES.add(module.__name__)
         self.wait = module.connection.wait
         self.key = (library, self.context.get_start_method())
         self.workers: list[_Worker | None] = [None] * options.ncpus
@@ -279,6 +387,7 @@ class ProcessPoolBackend(Backend):
         self.started_workers = 0
         self.retiring: list[_Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
+        self.world = b""  # the parent's cwd, environment and path, sent with the payload
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -316,9 +425,10 @@ class ProcessPoolBackend(Backend):
 
         self.shared = SharedArrays()
         self.payload = pack_payload(pack_per_task(payload, self.shared), self.shared)
+        self.world = world()
         for worker in self.workers:
             if worker is not None:
-                _send_payload(worker, self.payload)
+                _send_payload(worker, self.world, self.payload)
 
     def _spawn(self, number: int) -> _Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
@@ -326,17 +436,18 @@ class ProcessPoolBackend(Backend):
         inherited = self.payload if isinstance(self.payload, Payload) else None
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, inherited, slot),
+            args=(child_conn, inherited, slot, _LIFELINES.reader(self.context)),
             name=f"parallel_jobs-worker-{number}",
             daemon=False,  # daemonic processes may not start their own pools (nested runs)
         )
-        process.start()
-        child_conn.close()
-        self.started_workers += 1
-        worker = _Worker(number, process, parent_conn, slot)
-        self.workers[number] = worker
+        with _interrupts_held():
+            process.start()
+            child_conn.close()
+            self.started_workers += 1
+            worker = _Worker(number, process, parent_conn, slot)
+            self.workers[number] = worker
         if isinstance(self.payload, bytes):
-            _send_payload(worker, self.payload)
+            _send_payload(worker, self.world, self.payload)
         logger.debug("started worker %d (pid %d)", number, process.pid)
         return worker
 
@@ -404,7 +515,9 @@ class ProcessPoolBackend(Backend):
         # A manager process serves the dict, so a write in one task is seen by later ones. It
         # comes from the pool's own library, so that with multiprocess it pickles with dill.
         library = importlib.import_module(self.name)
-        self.manager = library.get_context(self.context.get_start_method()).Manager()
+        context = library.get_context(self.context.get_start_method())
+        self.manager = importlib.import_module(f"{self.name}.managers").SyncManager(ctx=context)
+        self.manager.start(manager_main, (_LIFELINES.reader(context),))
         shared: MutableMapping[str, Any] = self.manager.dict(initial)
         return shared
 
@@ -495,6 +608,8 @@ class ProcessPoolBackend(Backend):
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
         pid = worker.process.pid
+        # What its tasks started would otherwise run on, orphaned, for good.
+        kill_group(pid)
         culprit, started = _running_task(worker, chunk)
         self._discard(worker)
         now = time.perf_counter()
@@ -564,8 +679,38 @@ class ProcessPoolBackend(Backend):
         self.workers[worker.number] = None
 
 
-def _send_payload(worker: _Worker, blob: bytes) -> None:
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back while a worker starts, and deliver it once the worker is recorded.
+
+    Otherwise it could land in the child between fork and the worker's first line, running the
+    caller's handler there (and the caller's code after it), or in the parent halfway through
+    ``Process.start`` (an exception in an at-fork hook is printed and dropped), leaving a worker
+    that shutdown does not know. SIGINT is blocked in this thread, which a forked or spawned
+    child inherits until :func:`~parallel_jobs.worker.worker_main` ignores it; and as another
+    thread may still take the signal for the process, a Python handler in the main thread only
+    notes it meanwhile.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held: list[int] = []
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous):
+            signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)
+
+
+def _send_payload(worker: _Worker, world: bytes, blob: bytes) -> None:
+    try:
+        worker.conn.send_bytes(world)
         worker.conn.send_bytes(blob)
     except OSError:
         pass  # it died booting: its sentinel tells collect() and submit() so
