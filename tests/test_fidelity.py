@@ -15,6 +15,7 @@ import pytest
 from parallel_jobs import Parallel, parallelize
 from parallel_jobs._shm import MIN_SHARED_BYTES
 from tests import fidelity_jobs as fj
+from tests import jobs
 
 np = pytest.importorskip("numpy")
 
@@ -259,13 +260,35 @@ def test_a_callback_stop_skips_every_task_after_it_in_a_serial_run() -> None:
 @pytest.mark.parametrize("parallelizer", ["multiprocess", "thread"])
 def test_no_task_starts_after_a_callback_stops_the_run(parallelizer: str) -> None:
     stamps: list[float] = []
+
+    def stop_then_stamp(data: dict[str, Any]) -> None:
+        if data["index"] == 50:
+            P.stop()  # sets the workers' stop flags before it returns
+            stamps.append(time.time())
+
     P = Parallel(abs, range(20_000), ncpus=2, parallelizer=parallelizer,
-                 callback=_stop_at(50, stamps)).run()
+                 callback=stop_then_stamp)
+    P.run()
     assert P.skipped is not None
     assert len(stamps) == 1
     ran = [r for r in P.task_results if not P.skipped[r.index]]
     assert sum(P.skipped) > 10_000
     assert max(r.started for r in ran) <= stamps[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "thread"])
+def test_a_callbacks_stop_reaches_workers_between_tasks(parallelizer: str) -> None:
+    # data['stop'] takes effect once the callback returns: by then each worker may have begun
+    # one more task, never more (tasks of 2 ms against the microseconds that takes).
+    stamps: list[float] = []
+    P = Parallel(jobs.sleep_for, [0.002] * 400, ncpus=2, parallelizer=parallelizer,
+                 chunksize=50, callback=_stop_at(10, stamps)).run()
+    assert P.skipped is not None
+    assert len(stamps) == 1
+    late = [r for r in P.task_results if not P.skipped[r.index] and r.started > stamps[0]]
+    assert len(late) <= 2
+    assert sum(P.skipped) > 200  # most of the run never started
 
 
 # -- captured output -----------------------------------------------------------------------------
