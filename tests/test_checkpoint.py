@@ -49,8 +49,11 @@ def test_a_stopped_run_resumes_with_only_the_rest(tmp_path: Path, parallelizer: 
     def stop_at_five(data: dict[str, Any]) -> None:
         data["stop"] = data["index"] >= 4 and sum(executions(runs).values()) >= 5
 
+    # One task per chunk: with bigger chunks of quick tasks, all 20 may be done before the
+    # callback sees the fifth.
     first = pj.Parallel(logged_square, range(20), kwargs={"folder": runs}, ncpus=2,
-                        parallelizer=parallelizer, callback=stop_at_five, checkpoint=db).run()
+                        parallelizer=parallelizer, callback=stop_at_five, checkpoint=db,
+                        chunksize=1).run()
     done = {r.index for r in pj.load_checkpoint(db)}
     assert done == {i for i, ok in enumerate(first.success) if ok}
     assert 5 <= len(done) < 20
