@@ -164,13 +164,43 @@ def limit_threads(count: int) -> None:
     value = str(count)
     for name in THREAD_VARIABLES:
         os.environ[name] = value
-    if not any(name in sys.modules for name in _THREADED_MODULES):
-        return  # no BLAS can be loaded yet: the variables suffice, and cost no scan
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(limits=count)
+    controller = _thread_pools()
+    if controller is not None:
+        controller.limit(limits=count)
+
+
+class _Pools:
+    """The BLAS/OpenMP libraries found in this process, and which modules were loaded then."""
+
+    loaded: tuple[bool, ...] | None = None
+    controller: Any = None
+
+
+def _thread_pools() -> Any:
+    """threadpoolctl's controller of the libraries loaded here, or None when no module that
+    loads one is imported (nothing to scan) or threadpoolctl is not installed.
+
+    Finding the libraries takes milliseconds; limiting them, microseconds. The parent finds
+    them once (see :func:`prepare_threads`) and forked workers inherit what it found.
+    """
+    loaded = tuple(name in sys.modules for name in _THREADED_MODULES)
+    if not any(loaded):
+        return None
+    if _Pools.loaded != loaded:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            controller = None
+        else:
+            controller = ThreadpoolController()
+        _Pools.loaded, _Pools.controller = loaded, controller
+    return _Pools.controller
+
+
+def prepare_threads(options: WorkerOptions | None) -> None:
+    """In the parent, before forking workers: find the thread pools they will limit."""
+    if options is not None and options.threads is not None:
+        _thread_pools()
 
 
 def run_recycled(payload: Payload, chunk: Chunk, slot: Any,

@@ -205,3 +205,33 @@ def test_sizes_are_read_in_decimal_and_binary_units() -> None:
     assert parse_bytes("512MiB", "x") == 512 * 2**20
     assert parse_bytes("100", "x") == 100
     assert parse_bytes(None, "x") is None
+
+
+def test_fast_runs_the_initializer_in_each_worker() -> None:
+    results = pj.parallelize(jobs.state_and_pid, range(6), ncpus=2, parallelizer="fast",
+                             initializer=jobs.remember_setup, initargs=("f",))
+    for _, (tag, state_pid), pid in results:
+        assert tag == "f"
+        assert state_pid == pid
+
+
+def test_a_failing_initializer_under_fast_is_raised_once() -> None:
+    with pytest.raises(pj.InitializerError, match="no database here"):
+        pj.parallelize(jobs.pid_of, range(6), ncpus=2, parallelizer="fast",
+                       initializer=jobs.failing_setup, die=False)
+
+
+def test_the_report_says_which_workers_were_replaced_and_why() -> None:
+    import io
+
+    from rich.console import Console
+
+    P = pj.Parallel(jobs.pid_of, range(6), ncpus=2, max_tasks_per_worker=2).run()
+    info = P.summary()
+    assert len(info["workers_replaced"]) >= 2
+    assert any("max_tasks_per_worker=2" in row["note"] for row in info["workers"])
+    console = Console(file=io.StringIO(), width=200)
+    P.report(console)
+    text = console.file.getvalue()
+    assert "workers replaced (health options)" in text
+    assert "retired: ran max_tasks_per_worker=2 tasks" in text

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
-from ..health import WorkerOptions, crash_error
+from ..health import WorkerOptions, crash_error, prepare_threads
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
 from .base import (
@@ -395,6 +395,7 @@ class ProcessPoolBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         self.health = payload.worker
+        prepare_threads(self.health)
         self.waker = self.context.Pipe(duplex=False)
         if self.forked:
             # Each worker is forked when its first chunk is submitted: the first one is at
