@@ -140,12 +140,14 @@ def start_worker(payload: Payload, slot: Any) -> InitializerError | None:
     with if the initializer failed, else None."""
     options = payload.worker
     _LIFE.begin()
+    # A kept worker's watchdog, started by an earlier run, must apply this run's limit.
+    _Watchdog.limit = None if options is None else options.task_memory_limit
     if options is None:
         return None
     if options.threads is not None:
         limit_threads(options.threads)
     if options.task_memory_limit is not None and len(slot) > MEMORY:
-        _Watchdog.start(options.task_memory_limit, slot)
+        _Watchdog.start(slot)
     if options.initializer is not None:
         try:
             options.initializer(*options.initargs)
@@ -306,22 +308,24 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _Watchdog:
-    """The thread of ``task_memory_limit`` in one worker process (one per process)."""
+    """The thread of ``task_memory_limit`` in one worker process (one per process), and the
+    limit of the run being served (None: watch nothing)."""
 
     _pid = -1
+    limit: int | None = None
 
     @classmethod
-    def start(cls, limit: int, slot: Any) -> None:
+    def start(cls, slot: Any) -> None:
         if cls._pid == os.getpid():
             return  # a kept worker serving its next run: the thread watches the same slot
         cls._pid = os.getpid()
         slot[MEMORY] = 0.0
-        thread = threading.Thread(target=cls._watch, args=(limit, slot),
+        thread = threading.Thread(target=cls._watch, args=(slot,),
                                   name="parallel_jobs-memory-watchdog", daemon=True)
         thread.start()
 
-    @staticmethod
-    def _watch(limit: int, slot: Any) -> None:
+    @classmethod
+    def _watch(cls, slot: Any) -> None:
         from .worker import IDLE, STARTED
 
         try:
@@ -330,7 +334,8 @@ class _Watchdog:
             return  # no /proc: the limit cannot be watched here (documented)
         while True:
             time.sleep(WATCH_PERIOD)
-            if slot[STARTED] == IDLE:
+            limit = cls.limit
+            if limit is None or slot[STARTED] == IDLE:
                 continue
             rss = int(os.pread(statm, 128, 0).split()[1]) * _PAGE
             if rss > limit and slot[STARTED] != IDLE:

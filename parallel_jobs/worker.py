@@ -585,7 +585,7 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
            refusal: Exception | None) -> bool:
     """Run chunks until the run ends; True if it ended with :data:`RELEASE` (keep serving)."""
     run: Callable[..., Batch] = run_chunk
-    if payload is not None and payload.worker is not None and refusal is None:
+    if payload is not None and refusal is None:
         run, refusal = _health_start(payload, slot)
     while True:
         retire = False
@@ -625,8 +625,7 @@ def _health_start(payload: Payload, slot: Any) -> tuple[Callable[..., Batch], Ex
     from .health import run_recycled, start_worker
 
     failed = start_worker(payload, slot)
-    assert payload.worker is not None
-    if payload.worker.recycles:
+    if payload.worker is not None and payload.worker.recycles:
         return functools.partial(run_recycled, run_chunk=run_chunk), failed
     return run_chunk, failed
 

@@ -137,6 +137,17 @@ def test_task_memory_limit_failures_are_retried() -> None:
     assert P.task_results[1].attempts == 2
 
 
+@pytest.mark.timeout(60)
+def test_a_kept_worker_applies_the_next_runs_memory_limit() -> None:
+    limit = current_rss() + 200 * MB
+    pj.parallelize(jobs.pid_of, range(4), ncpus=2, start_method="spawn",
+                   task_memory_limit=limit)
+    # The same (kept) spawned workers, no limit now: a task may grow past the old one.
+    values = pj.parallelize(jobs.hog, range(2), ncpus=2, start_method="spawn",
+                            kwargs={"hog_at": 0, "most": 400 * MB})
+    assert values == [-1, 1]
+
+
 def test_without_memory_options_nothing_watches() -> None:
     results = pj.parallelize(jobs.thread_names, range(4), ncpus=2)
     assert not any("watchdog" in name for names in results for name in names)
