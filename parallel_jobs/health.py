@@ -168,7 +168,9 @@ def limit_threads(count: int) -> None:
         os.environ[name] = value
     controller = _thread_pools()
     if controller is not None:
-        controller.limit(limits=count)
+        # Each library directly: threadpoolctl's limit() first re-reads every library's state.
+        for library in controller.lib_controllers:
+            library.set_num_threads(count)
 
 
 class _Pools:
