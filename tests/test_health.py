@@ -232,12 +232,16 @@ def test_a_failing_initializer_under_fast_is_raised_once() -> None:
                        initializer=jobs.failing_setup, die=False)
 
 
-def test_the_report_says_which_workers_were_replaced_and_why() -> None:
+def test_the_report_says_which_workers_were_replaced_and_why(
+        caplog: pytest.LogCaptureFixture) -> None:
     import io
+    import logging
 
     from rich.console import Console
 
-    P = pj.Parallel(jobs.pid_of, range(6), ncpus=2, max_tasks_per_worker=2).run()
+    with caplog.at_level(logging.INFO, logger="parallel_jobs"):
+        P = pj.Parallel(jobs.pid_of, range(6), ncpus=2, max_tasks_per_worker=2).run()
+    assert "ran max_tasks_per_worker=2 tasks" in caplog.text
     info = P.summary()
     assert len(info["workers_replaced"]) >= 2
     assert any("max_tasks_per_worker=2" in row["note"] for row in info["workers"])
