@@ -250,3 +250,19 @@ def test_the_report_says_which_workers_were_replaced_and_why(
     text = console.file.getvalue()
     assert "workers replaced (health options)" in text
     assert "retired: ran max_tasks_per_worker=2 tasks" in text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:only .* tasks succeeded:RuntimeWarning")
+def test_the_stdlib_pool_honours_every_option_too() -> None:
+    P = pj.Parallel(jobs.state_and_pid, range(12), ncpus=2, parallelizer="multiprocessing",
+                    initializer=jobs.remember_setup, initargs=("m",), max_tasks_per_worker=3)
+    results = P.run().results
+    assert {tag for _, (tag, _), _ in results} == {"m"}
+    assert max(Counter(pid for _, _, pid in results).values()) <= 3
+    hogged = pj.Parallel(jobs.hog, range(4), ncpus=2, parallelizer="multiprocessing",
+                         die=False, task_memory_limit=current_rss() + 300 * MB,
+                         kwargs={"hog_at": 2})
+    hogged.run()
+    assert isinstance(hogged.exceptions[2], pj.MemoryLimitError)
+    assert hogged.success == [True, True, False, True]
