@@ -170,7 +170,33 @@ def limit_threads(count: int) -> None:
     if controller is not None:
         # Each library directly: threadpoolctl's limit() first re-reads every library's state.
         for library in controller.lib_controllers:
-            library.set_num_threads(count)
+            if not _lower_idle_openblas(library, count):
+                library.set_num_threads(count)
+
+
+def _lower_idle_openblas(library: Any, count: int) -> bool:
+    """Lower the thread count of an OpenBLAS whose thread server is not running (a forked
+    worker's: the fork stopped it), without starting the server; False if this is not such a
+    library.
+
+    ``openblas_set_num_threads`` starts the server first, and its new threads spin for about
+    0.1 s of CPU before they sleep: with two workers on two cores, that doubles the time of a
+    short run. With the server down, OpenBLAS reads the count when a call needs threads, so
+    writing the count is all it takes.
+    """
+    import ctypes
+
+    if getattr(library, "internal_api", None) != "openblas":
+        return False
+    try:
+        running = ctypes.c_int.in_dll(library.dynlib, "blas_server_avail")
+        current = ctypes.c_int.in_dll(library.dynlib, "blas_cpu_number")
+    except (AttributeError, ValueError):
+        return False
+    if running.value or not 0 < count <= current.value:
+        return False
+    current.value = count
+    return True
 
 
 class _Pools:

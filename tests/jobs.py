@@ -627,3 +627,8 @@ def thread_names(x: int) -> list[str]:
     import threading
 
     return [thread.name for thread in threading.enumerate()]
+
+
+def os_threads(x: int) -> int:
+    """How many threads this process runs, native ones (a BLAS library's) included."""
+    return len(os.listdir("/proc/self/task"))

@@ -4,6 +4,7 @@ recycling after N tasks or past a memory size, per-task memory limits, thread li
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -266,3 +267,14 @@ def test_the_stdlib_pool_honours_every_option_too() -> None:
     hogged.run()
     assert isinstance(hogged.exceptions[2], pj.MemoryLimitError)
     assert hogged.success == [True, True, False, True]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc")
+def test_limiting_an_inherited_blas_starts_no_thread() -> None:
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("threadpoolctl")
+    np.linalg.solve(np.eye(200) + 1, np.ones(200))  # the parent's BLAS has its threads running
+    # Limiting it through OpenBLAS' own call would start its thread server in each worker, and
+    # those threads spin for 0.1 s of CPU: twice the time of a short run on two cores.
+    assert pj.parallelize(jobs.os_threads, range(2), ncpus=2, start_method="fork",
+                          threads_per_worker=1) == [1, 1]
