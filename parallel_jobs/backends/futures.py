@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import InitializerError, TaskTimeoutError, WorkerCrashedError
-from ..health import start_worker
+from ..health import prepare_threads, start_worker
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
 from .base import (
@@ -101,6 +101,7 @@ class FuturesBackend(Backend):
 
         self.shared = SharedArrays()
         self.blob = pack_payload(pack_per_task(payload, self.shared), self.shared)
+        prepare_threads(payload.worker)
         self._new_executor()
 
     def _new_executor(self) -> None:
