@@ -300,8 +300,11 @@ class Parallel:
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
         checkpoint: the checkpoint file's path, or None; ``rerun_failed`` as given.
-        initializer, initargs, max_tasks_per_worker, max_worker_memory, task_memory_limit,
-            threads_per_worker: as given (see docs/arguments.md, "Worker health").
+        initializer: called once in each worker before its first task; ``initargs`` as given.
+        max_tasks_per_worker: tasks a worker runs before it is replaced, or None.
+        max_worker_memory: RSS past which a worker is replaced after a task, as given.
+        task_memory_limit: RSS past which a running task is killed, as given.
+        threads_per_worker: BLAS/OpenMP threads per worker process, as given.
         workers_replaced: (pid, reason) of each worker replaced by a health option.
         memory_limits_hit: how many tasks were killed for breaking ``task_memory_limit``.
         load_samples: the machine's load sampled during the run.
