@@ -22,6 +22,7 @@ from the parent side.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -80,6 +81,8 @@ class WorkerOptions:
         max_memory: bytes of RSS past which a worker is replaced after its task, or None.
         task_memory_limit: bytes of RSS past which the running task is killed, or None.
         threads: threads each BLAS/OpenMP library may use in a worker, or None to leave them.
+        log_level: the level of the caller's root logger, when the records that tasks log
+            are sent back to the caller's handlers (see :class:`_LogKeeper`), else None.
     """
 
     initializer: Callable[..., Any] | None = None
@@ -88,6 +91,7 @@ class WorkerOptions:
     max_memory: int | None = None
     task_memory_limit: int | None = None
     threads: int | None = None
+    log_level: int | None = None
 
     @property
     def recycles(self) -> bool:
@@ -146,6 +150,8 @@ def start_worker(payload: Payload, slot: Any) -> InitializerError | None:
         return None
     if options.threads is not None:
         limit_threads(options.threads)
+    if options.log_level is not None:
+        _LogKeeper.install(options.log_level, slot)
     if options.task_memory_limit is not None and len(slot) > MEMORY:
         _Watchdog.start(slot)
     if options.initializer is not None:
@@ -263,6 +269,72 @@ def run_recycled(payload: Payload, chunk: Chunk, slot: Any,
         joined.retire = True
         joined.retire_reason = reason
     return joined
+
+
+def run_keeping_logs(payload: Payload, chunk: Chunk, slot: Any,
+                     run: Callable[[Payload, Chunk, Any], Batch]) -> Batch:
+    """``run(payload, chunk, slot)``, with the records its tasks logged in ``Batch.logs``."""
+    batch = run(payload, chunk, slot)
+    keeper = _LogKeeper.current
+    if keeper is not None and keeper.records:
+        batch.logs, keeper.records = keeper.records, []
+    return batch
+
+
+class _LogKeeper(logging.Handler):
+    """The only handler of a worker's root logger: keeps each record a task logs, ready to be
+    pickled (its message formatted, as ``logging.handlers.QueueHandler`` prepares one) and
+    marked with the task's index (``task_index``), to go back with the batch.
+
+    A forked worker inherits the caller's handlers; writing to a file or a stream from many
+    processes at once interleaves lines, and a handler that keeps records in memory (pytest's
+    ``caplog``, a GUI's) would keep them in the worker's copy, never seen. So they are
+    replaced, and the caller's own handlers handle every record (:func:`replay_logs`).
+    """
+
+    current: _LogKeeper | None = None
+
+    def __init__(self, slot: Any) -> None:
+        super().__init__()
+        self.slot = slot
+        self.records: list[logging.LogRecord] = []
+
+    @classmethod
+    def install(cls, level: int, slot: Any) -> None:
+        root = logging.getLogger()
+        keeper = cls.current
+        if keeper is None or keeper not in root.handlers:
+            keeper = cls.current = cls(slot)
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            root.addHandler(keeper)
+        keeper.slot = slot
+        root.setLevel(level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from .worker import IDLE, INDEX, STARTED
+
+        try:
+            message = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        kept = logging.makeLogRecord(record.__dict__)
+        kept.msg, kept.message, kept.args = message, message, None
+        kept.exc_info, kept.exc_text, kept.stack_info = None, None, None
+        running = self.slot is not None and len(self.slot) > STARTED
+        kept.task_index = (int(self.slot[INDEX])
+                           if running and self.slot[STARTED] != IDLE else None)
+        self.records.append(kept)
+
+
+def replay_logs(records: Sequence[logging.LogRecord]) -> None:
+    """In the caller: hand the records a worker kept to the caller's own loggers, as if the
+    tasks had logged here (each logger's level and filters apply)."""
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 def _worn_out(options: WorkerOptions) -> str:
@@ -479,7 +551,9 @@ def worker_options(method: str, ncpus: int, cpus: int, *, initializer: Any, init
                 raise ValueError(msg)
         if "threads_per_worker" not in supported:
             threads = None  # the default limit: only where workers are processes of their own
+    forwards_logs = method in _POOLS
     options = WorkerOptions(
+        log_level=logging.getLogger().getEffectiveLevel() if forwards_logs else None,
         initializer=initializer,
         initargs=tuple(initargs),
         max_tasks=max_tasks,

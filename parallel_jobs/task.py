@@ -459,6 +459,9 @@ class Batch:
     batch is sent."""
     retire_reason: str = ""
     """Why the worker retires, when a health option made it (logged and reported)."""
+    logs: list[Any] | None = None
+    """The ``logging`` records the tasks emitted in a worker process, for the caller's
+    handlers (see ``health.replay_logs``)."""
 
     def cut(self, ran: int) -> None:
         """Keep only the first ``ran`` tasks; the others did not run and go to ``requeue``."""

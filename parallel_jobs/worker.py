@@ -622,12 +622,16 @@ def _health_start(payload: Payload, slot: Any) -> tuple[Callable[..., Batch], Ex
     to answer them with if its initializer failed."""
     import functools
 
-    from .health import run_recycled, start_worker
+    from .health import run_keeping_logs, run_recycled, start_worker
 
     failed = start_worker(payload, slot)
-    if payload.worker is not None and payload.worker.recycles:
-        return functools.partial(run_recycled, run_chunk=run_chunk), failed
-    return run_chunk, failed
+    options = payload.worker
+    run: Callable[..., Batch] = run_chunk
+    if options is not None and options.recycles:
+        run = functools.partial(run_recycled, run_chunk=run)
+    if options is not None and options.log_level is not None:
+        run = functools.partial(run_keeping_logs, run=run)
+    return run, failed
 
 
 _LIFELINE: list[int] = []

@@ -632,3 +632,13 @@ def thread_names(x: int) -> list[str]:
 def os_threads(x: int) -> int:
     """How many threads this process runs, native ones (a BLAS library's) included."""
     return len(os.listdir("/proc/self/task"))
+
+
+def log_and_square(x: int) -> int:
+    """Log a warning naming ``x`` (and an info line, below the default level), then square it."""
+    import logging
+
+    logger = logging.getLogger("tests.task")
+    logger.warning("working on %d", x)
+    logger.info("details of %d", x)
+    return x * x

@@ -278,3 +278,21 @@ def test_limiting_an_inherited_blas_starts_no_thread() -> None:
     # those threads spin for 0.1 s of CPU: twice the time of a short run on two cores.
     assert pj.parallelize(jobs.os_threads, range(2), ncpus=2, start_method="fork",
                           threads_per_worker=1) == [1, 1]
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+
+def test_log_records_of_tasks_reach_the_callers_handlers(
+        start_method: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        results = pj.parallelize(jobs.log_and_square, range(6), ncpus=2,
+                                 start_method=start_method, chunksize=2)
+    assert results == [x * x for x in range(6)]
+    records = [r for r in caplog.records if r.name == "tests.task"]
+    assert sorted(r.getMessage() for r in records) == [f"working on {x}" for x in range(6)]
+    assert {r.task_index for r in records} == set(range(6))  # type: ignore[attr-defined]
+    assert all(r.process != os.getpid() for r in records)  # logged in the workers
+    assert not [r for r in caplog.records if r.getMessage().startswith("details")]

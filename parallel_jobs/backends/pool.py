@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
-from ..health import WorkerOptions, crash_error, prepare_threads
+from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
 from .base import (
@@ -598,6 +598,8 @@ class ProcessPoolBackend(Backend):
                 data = worker.conn.recv_bytes()
                 worker.chunk = None
                 batch = decode_batch(data, chunk, worker.process.pid)
+                if batch.logs:
+                    replay_logs(batch.logs)
                 if batch.retire:
                     # It wrote to an array it inherited, or wore out (see health), and exits
                     # now; the next chunk for its slot starts a fresh worker.
