@@ -1,12 +1,12 @@
-"""Keeping workers healthy over long runs: set-up, recycling, memory limits and thread limits.
+"""Keeping workers healthy over long runs: set-up, recycling, memory and thread limits, logs.
 
 The options live in one frozen :class:`WorkerOptions` record that travels with the run's
 :class:`~parallel_jobs.task.Payload` (inherited under fork, pickled with it under spawn).
 What happens in a worker:
 
 - :func:`start_worker` runs once per run a worker serves, before its first task: it limits the
-  BLAS/OpenMP thread pools, runs the user's ``initializer`` and starts the memory watchdog of
-  ``task_memory_limit``. A failing initializer becomes an :class:`~parallel_jobs.errors.
+  BLAS/OpenMP thread pools, takes over the root logger, starts the memory watchdog of
+  ``task_memory_limit`` and runs the user's ``initializer``. A failing initializer becomes an :class:`~parallel_jobs.errors.
   InitializerError` that the worker sends instead of its first batch; the parent raises it once.
 - :func:`run_recycled` replaces :func:`~parallel_jobs.worker.run_chunk` only when
   ``max_tasks_per_worker`` or ``max_worker_memory`` is set: it runs a chunk in pieces and sets
@@ -15,9 +15,12 @@ What happens in a worker:
   :data:`WATCH_PERIOD` seconds while a task runs; past the limit it writes the RSS into the
   worker's shared slot and kills its own process, and the parent turns the crash into a
   :class:`~parallel_jobs.errors.MemoryLimitError` (:func:`crash_error`).
+- In the default pool, the records that tasks log go back with their batch
+  (:func:`run_keeping_logs`) and the caller's handlers handle them (:func:`replay_logs`).
 
-Nothing here runs unless its option is on. This module is loaded by workers: it imports nothing
-from the parent side.
+Watching and recycling cost nothing unless their option is on; thread limits and log records
+cost each worker a few microseconds per run, and each chunk one function call. This module is
+loaded by workers: it imports nothing from the parent side.
 """
 
 from __future__ import annotations
@@ -43,8 +46,17 @@ __all__ = [
     "WATCH_PERIOD",
     "WorkerOptions",
     "crash_error",
+    "current_rss",
+    "format_bytes",
+    "limit_threads",
     "parse_bytes",
+    "prepare_threads",
+    "replay_logs",
+    "run_keeping_logs",
+    "run_recycled",
+    "start_in_thread",
     "start_worker",
+    "worker_options",
     "worker_state",
 ]
 
