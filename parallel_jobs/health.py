@@ -6,8 +6,9 @@ What happens in a worker:
 
 - :func:`start_worker` runs once per run a worker serves, before its first task: it limits the
   BLAS/OpenMP thread pools, takes over the root logger, starts the memory watchdog of
-  ``task_memory_limit`` and runs the user's ``initializer``. A failing initializer becomes an :class:`~parallel_jobs.errors.
-  InitializerError` that the worker sends instead of its first batch; the parent raises it once.
+  ``task_memory_limit`` and runs the user's ``initializer``. A failing initializer becomes an
+  :class:`~parallel_jobs.errors.InitializerError` that the worker sends instead of its first
+  batch; the parent raises it once.
 - :func:`run_recycled` replaces :func:`~parallel_jobs.worker.run_chunk` only when
   ``max_tasks_per_worker`` or ``max_worker_memory`` is set: it runs a chunk in pieces and sets
   ``Batch.retire`` (with the reason) when the worker must run no further task.
