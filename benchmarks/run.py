@@ -49,7 +49,16 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from contenders import CONTENDERS, SUBJECT, Contender  # noqa: E402
-from workloads import FULL, QUICK, Sizes, burn, calibrate_burn, slice_sum, square  # noqa: E402
+from workloads import (  # noqa: E402
+    FULL,
+    QUICK,
+    Sizes,
+    burn,
+    calibrate_burn,
+    slice_sum,
+    solve,
+    square,
+)
 
 SLOW_SECONDS = 5.0
 RSS_ROUNDS = 3
@@ -383,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip_slow = args.quick or args.skip_slow
     everyone = [c for c in CONTENDERS.values() if not (c.slow and skip_slow)]
     wanted = set(args.only or ["startup", "tiny", "scale", "cpu", "bigdata", "progress",
-                               "checkpoint", "stream"])
+                               "checkpoint", "stream", "blas"])
     began = time.perf_counter()
     compile_subject()
     print(f"# parallel_jobs benchmarks, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -412,6 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             kwargs = {"data": data, "parts": sizes.bigdata_parts}
             works.append(Workload(f"bigdata-{method}", slice_sum, range(sizes.bigdata_parts),
                                   kwargs, method, everyone))
+
+    if "blas" in wanted:
+        # NumPy in the parent, as in a real sweep: forked workers inherit its BLAS and its
+        # thread pool. joblib limits each worker's threads, multiprocess.Pool does not.
+        import numpy  # noqa: F401
+
+        peers = [c for c in everyone if c.name in ("parallel_jobs", "joblib", "multiprocess.Pool")]
+        works.append(Workload("blas", solve, range(sizes.blas_tasks), {"n": sizes.blas_n},
+                              None, peers))
 
     samples: dict[str, dict[str, list[float]]] = {}
     firsts: dict[str, dict[str, float]] = {}

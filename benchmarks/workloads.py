@@ -30,6 +30,17 @@ def slice_sum(i: int, data: Any, parts: int) -> float:
     return float(data[i * step : (i + 1) * step].sum())
 
 
+def solve(seed: int, n: int) -> float:
+    """Solve one random ``n`` x ``n`` linear system with NumPy: BLAS/LAPACK work, which uses as
+    many threads as its library is allowed (the workload of the threads row)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((n, n)) + n * np.eye(n)
+    b = rng.random(n)
+    return float(np.linalg.solve(a, b).sum())
+
+
 def calibrate_burn(seconds: float) -> int:
     """The ``burn`` argument that keeps a CPU busy for about ``seconds``.
 
@@ -55,9 +66,11 @@ class Sizes:
     cpu_seconds: float
     bigdata_bytes: int
     bigdata_parts: int
+    blas_tasks: int = 16
+    blas_n: int = 1500
 
 
 FULL = Sizes(tiny=5_000, scale=200_000, cpu_tasks=8, cpu_seconds=0.5,
              bigdata_bytes=200 * 2**20, bigdata_parts=20)
 QUICK = Sizes(tiny=5_000, scale=20_000, cpu_tasks=8, cpu_seconds=0.05,
-              bigdata_bytes=20 * 2**20, bigdata_parts=20)
+              bigdata_bytes=20 * 2**20, bigdata_parts=20, blas_n=500)

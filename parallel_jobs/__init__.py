@@ -18,6 +18,8 @@ from .backends.pool import release_workers
 from .checkpoint import load_checkpoint
 from .errors import (
     CheckpointError,
+    InitializerError,
+    MemoryLimitError,
     ParallelJobsError,
     RemoteTaskError,
     RemoteTraceback,
@@ -26,6 +28,7 @@ from .errors import (
     UnknownParallelizerError,
     WorkerCrashedError,
 )
+from .health import worker_state
 from .monitor import LoadMonitor, LoadSample
 from .parallel import Parallel, imap, parallelize
 from .task import Task, TaskResult
@@ -35,8 +38,10 @@ __version__ = "0.3.0"
 __all__ = [
     "PARALLELIZERS",
     "CheckpointError",
+    "InitializerError",
     "LoadMonitor",
     "LoadSample",
+    "MemoryLimitError",
     "Parallel",
     "ParallelJobsError",
     "RemoteTaskError",
@@ -53,4 +58,5 @@ __all__ = [
     "load_checkpoint",
     "parallelize",
     "release_workers",
+    "worker_state",
 ]

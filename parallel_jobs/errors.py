@@ -17,6 +17,8 @@ __all__ = [
     "CallerInterrupt",
     "CheckpointError",
     "ExceptionCollector",
+    "InitializerError",
+    "MemoryLimitError",
     "ParallelJobsError",
     "RemoteTaskError",
     "RemoteTraceback",
@@ -112,6 +114,60 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.index, self.exitcode, self.detail, self.task))
+
+
+class MemoryLimitError(WorkerCrashedError):
+    """A task took its worker's memory past ``task_memory_limit`` and was killed at once.
+
+    Attributes:
+        peak: the worker's resident memory, in bytes, when the limit was seen broken.
+        limit: the ``task_memory_limit`` in bytes.
+    """
+
+    def __init__(self, index: int | None, exitcode: int | None, peak: int, limit: int,
+                 task: str = "") -> None:
+        self.peak = peak
+        self.limit = limit
+        super().__init__(index, exitcode, "", task)
+        self.args = (index, exitcode, peak, limit, task)
+
+    def __str__(self) -> str:
+        where = _task_words(self.index, self.task)
+        return (
+            f"{where} took its worker's memory to {_megabytes(self.peak)}, past "
+            f"task_memory_limit={_megabytes(self.limit)}: the worker was killed and replaced"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.exitcode, self.peak, self.limit, self.task))
+
+
+class InitializerError(ParallelJobsError, RuntimeError):
+    """The ``initializer`` failed in a worker: no task can run there, so the run stops.
+
+    Attributes:
+        pid: the process id of the worker (0 for a thread or the caller's own process).
+        error: the initializer's exception, as ``'Type: message'``.
+        traceback: the initializer's traceback, formatted where it failed.
+    """
+
+    def __init__(self, pid: int, error: str, traceback: str = "") -> None:
+        self.pid = pid
+        self.error = error
+        self.traceback = traceback
+        super().__init__(pid, error, traceback)
+
+    def __str__(self) -> str:
+        where = f"worker process {self.pid}" if self.pid else "the worker"
+        detail = f"\n{self.traceback.rstrip()}" if self.traceback else ""
+        return f"the initializer failed in {where}, so no task could run: {self.error}{detail}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.pid, self.error, self.traceback))
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.0f} MB"
 
 
 def _task_words(index: int | None, task: str) -> str:

@@ -26,6 +26,7 @@ from ._cpus import cpu_count
 from .backends import Choice, resolve
 from .backends.base import BackendOptions
 from .checkpoint import Checkpoint
+from .health import WorkerOptions, worker_options
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import make_reporter
 from .runner import Runner, RunPlan, TaskSource
@@ -299,6 +300,13 @@ class Parallel:
             task's seconds; None without records).
         task_results: one :class:`~parallel_jobs.TaskResult` per task.
         checkpoint: the checkpoint file's path, or None; ``rerun_failed`` as given.
+        initializer: called once in each worker before its first task; ``initargs`` as given.
+        max_tasks_per_worker: tasks a worker runs before it is replaced, or None.
+        max_worker_memory: RSS past which a worker is replaced after a task, as given.
+        task_memory_limit: RSS past which a running task is killed, as given.
+        threads_per_worker: BLAS/OpenMP threads per worker process, as given.
+        workers_replaced: (pid, reason) of each worker replaced by a health option.
+        memory_limits_hit: how many tasks were killed for breaking ``task_memory_limit``.
         load_samples: the machine's load sampled during the run.
         keep_records: whether runs keep per-task records.
 
@@ -340,6 +348,12 @@ class Parallel:
         keep_records: bool = True,
         checkpoint: str | os.PathLike[str] | None = None,
         rerun_failed: bool = True,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Sequence[Any] = (),
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
+        task_memory_limit: int | str | None = None,
+        threads_per_worker: int | str | None = "auto",
         **func_kwargs: Any,
     ) -> None:
         if not callable(func):
@@ -399,6 +413,14 @@ class Parallel:
         self.keep_records: bool = _flag(keep_records, "keep_records")
         self.checkpoint: str | None = _checkpoint_path(checkpoint)
         self.rerun_failed: bool = _flag(rerun_failed, "rerun_failed")
+        self.initializer, self.initargs = initializer, initargs
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_worker_memory, self.task_memory_limit = max_worker_memory, task_memory_limit
+        self.threads_per_worker = threads_per_worker
+        self._worker_options: WorkerOptions | None = worker_options(
+            self.method, self.ncpus, cpu_count(), initializer=initializer, initargs=initargs,
+            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_worker_memory,
+            task_memory_limit=task_memory_limit, threads_per_worker=threads_per_worker)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.reset()
@@ -506,6 +528,8 @@ class Parallel:
             raise RuntimeError(msg)
         self._store: ResultStore | None = None
         self._runner: Runner | None = None
+        self.workers_replaced: list[tuple[int, str]] = []
+        self.memory_limits_hit = 0
         self._status = _NOT_RUN
         self._thread = None
         # Set when a background run has ended; Thread.join() cannot tell once Ctrl-C has
@@ -731,7 +755,8 @@ class Parallel:
             self._plan, backend, store, monitor=monitor, gate=gate,
             reporter=make_reporter(self.progress, self.label), die=self.die,
             retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=self.capture, checkpoint=checkpoint, source=source,
+            ncpus=self.ncpus, capture=self.capture, worker=self._worker_options,
+            checkpoint=checkpoint, source=source,
         )
 
     def _begin(self, store: OutcomeStore | None = None,
@@ -944,6 +969,8 @@ class Parallel:
             self.times.defer("jobs", lambda: list(store.elapsed))
         self.globaldict = runner.globaldict
         self.load_samples = list(runner.monitor.samples)
+        self.workers_replaced = list(runner.backend.replaced)
+        self.memory_limits_hit = runner.backend.memory_limits_hit
         self._status = _DONE
         ran = store.njobs - store.cancelled
         succeeded = store.succeeded
@@ -1106,6 +1133,12 @@ def parallelize(
     keep_records: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     rerun_failed: bool = True,
+    initializer: Callable[..., Any] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | str | None = None,
+    task_memory_limit: int | str | None = None,
+    threads_per_worker: int | str | None = "auto",
     **func_kwargs: Any,
 ) -> list[Any]:
     """Call ``func`` once per input, in parallel, and return the results in input order.
@@ -1152,6 +1185,17 @@ def parallelize(
             is a :class:`~parallel_jobs.CheckpointError` at the start.
         rerun_failed: with ``checkpoint``, run the tasks that failed before again (False:
             keep their failures).
+        initializer: called once in each worker, with ``initargs``, before its first task
+            (e.g. to fill :func:`~parallel_jobs.worker_state`); its failure is an
+            :class:`~parallel_jobs.InitializerError` naming the worker, raised once.
+        initargs: the positional arguments of ``initializer``.
+        max_tasks_per_worker: replace a worker after this many tasks (between tasks).
+        max_worker_memory: replace a worker, before its next task, once its RSS exceeds this
+            (bytes, or a size such as ``"2 GB"``).
+        task_memory_limit: kill a task whose worker's RSS goes past this (bytes or ``"2 GB"``)
+            while it runs; it fails with :class:`~parallel_jobs.MemoryLimitError`.
+        threads_per_worker: threads each BLAS/OpenMP library may use in a worker process:
+            ``'auto'`` for ``cpus // ncpus`` (at least 1), a number, or None to leave them.
         **func_kwargs: merged into ``kwargs``. A keyword close to an option's name
             (``ncpu=``) that ``func`` cannot take is a TypeError, before anything runs.
 
@@ -1173,7 +1217,10 @@ def parallelize(
         func, iterarg, iterkwargs, args, kwargs, ncpus, maxcpu, maxmem, interval, parallelizer,
         serial, progress, callback, globaldict, None, capture, die, lbkwargs, start_method,
         timeout=timeout, retries=retries, chunksize=chunksize, keep_records=keep_records,
-        checkpoint=checkpoint, rerun_failed=rerun_failed, **func_kwargs,
+        checkpoint=checkpoint, rerun_failed=rerun_failed, initializer=initializer,
+        initargs=initargs, max_tasks_per_worker=max_tasks_per_worker,
+        max_worker_memory=max_worker_memory, task_memory_limit=task_memory_limit,
+        threads_per_worker=threads_per_worker, **func_kwargs,
     )
     parallel.run()
     assert parallel.results is not None

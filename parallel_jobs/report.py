@@ -95,7 +95,8 @@ def _end_of(lane: Sequence[TaskResult]) -> str:
     return ""
 
 
-def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int) -> dict[int, str]:
+def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int,
+                  retired: dict[int, str] | None = None) -> dict[int, str]:
     """Which worker process ended how, and which one took its place, as far as the records tell.
 
     A process ended if its last task failed with WorkerCrashedError, or with a TaskTimeoutError
@@ -105,7 +106,9 @@ def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int) -> dict[int, s
     started. A crash whose task was retried leaves no record of its own (the retry's replaces
     it), so a process with no such partner is said to have replaced "an earlier worker". The
     parent's own pid (serial and thread backends) and pid 0 (unknown) are never said to end.
+    A process in ``retired`` (pid: reason) ended because a health option replaced it.
     """
+    retired = retired or {}
     parent = os.getpid()
     ended: list[tuple[float, int]] = []  # (when, pid), in the order the processes ended
     notes: dict[int, list[str]] = {}
@@ -122,6 +125,9 @@ def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int) -> dict[int, s
             else:
                 own.append("replaced an earlier worker")
         end = _end_of(lane)
+        if pid in retired:
+            # A crash under task_memory_limit says so already: add why, not a second end.
+            end = f"{end}: {retired[pid]}" if end else f"retired: {retired[pid]}"
         if end:
             own.append(end)
             ended.append((lane[-1].started + lane[-1].elapsed, pid))
@@ -149,7 +155,10 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
         machine's highest sampled load, 0 to 1), ``slowest`` (index, elapsed, cpu_time,
         peak_rss, arguments), ``failures`` (index, type, message, attempts, arguments) and
         ``workers`` (pid, tasks, busy, cpu_time, peak_rss, busy_fraction, and a ``note`` saying
-        whether the process crashed or was stopped, and which one it replaced, or ``""``).
+        whether the process crashed or was stopped, which one it replaced, and why a health
+        option retired it, or ``""``), ``workers_replaced`` ((pid, reason) of each worker a
+        health option replaced) and ``memory_limits_hit`` (tasks killed by
+        ``task_memory_limit``).
         ``arguments`` are the task's own values, shortened to about 60 characters each.
 
     Raises:
@@ -174,7 +183,7 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
     samples = parallel.load_samples
     failed = [r for r in results if r.exception is not None]
     lanes = _worker_lanes(results)
-    notes = _worker_notes(lanes, parallel.ncpus)
+    notes = _worker_notes(lanes, parallel.ncpus, dict(parallel.workers_replaced))
     workers = []
     for pid, lane in lanes.items():
         lane_busy = sum(r.elapsed for r in lane)
@@ -225,6 +234,8 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
             for r in failed
         ],
         "workers": workers,
+        "workers_replaced": list(parallel.workers_replaced),
+        "memory_limits_hit": parallel.memory_limits_hit,
     }
 
 
@@ -290,6 +301,10 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
         ("busy efficiency", _percent(info["busy_efficiency"])),
         ("CPU efficiency", _percent(info["cpu_efficiency"])),
         ("peak task memory (RSS)", _mib(info["peak_rss"])),
+        *([("workers replaced (health options)", str(len(info["workers_replaced"])))]
+          if info["workers_replaced"] else []),
+        *([("tasks past task_memory_limit", str(info["memory_limits_hit"]))]
+          if info["memory_limits_hit"] else []),
         ("peak machine CPU / memory",
          f"{_percent(info['peak_cpu'])} / {_percent(info['peak_memory'])}"),
     ]

@@ -35,6 +35,7 @@ from .errors import (
     WorkerCrashedError,
     attach_remote_traceback,
 )
+from .health import WorkerOptions
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, OutcomeStore
@@ -243,6 +244,7 @@ class Runner:
         retries: how many more times a failed task is run.
         chunksize: a fixed chunk size, or None to size chunks automatically.
         callback: called in this process after each task with a dict describing it.
+        worker: what worker processes do to stay healthy (see ``health``), or None.
         checkpoint: the file that finished tasks are written to and restored from, or None.
         source: where tasks come from (a lazy input's source for ``imap``); by default every
             task of ``plan``.
@@ -263,6 +265,7 @@ class Runner:
         callback: Callback | None = None,
         ncpus: int = 1,
         capture: bool = False,
+        worker: WorkerOptions | None = None,
         checkpoint: Checkpoint | None = None,
         source: TaskSource | None = None,
     ) -> None:
@@ -290,7 +293,7 @@ class Runner:
         self.stopped = False
         self._monitor_due = 0.0
         self.interrupted = False
-        self.payload = attrs.evolve(plan.payload, capture=capture)
+        self.payload = attrs.evolve(plan.payload, capture=capture, worker=worker)
         self.globaldict: Any = None
 
     def run(self) -> None:

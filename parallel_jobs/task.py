@@ -97,6 +97,8 @@ class Payload:
     entropy: int | None = None
     eager_seeding: bool = False
     capture: bool = False
+    worker: Any = None
+    """The run's ``health.WorkerOptions`` (set-up, recycling, limits), or None."""
 
 
 _ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None), range, type(Ellipsis)})
@@ -453,7 +455,13 @@ class Batch:
     stderr: list[str] | None = None
     retire: bool = False
     """Set by a forked worker that must run no further task (one of its tasks wrote to an
-    array it inherited, see ``_shm``): it exits once this batch is sent."""
+    array it inherited, see ``_shm``, or it wore out, see ``health``): it exits once this
+    batch is sent."""
+    retire_reason: str = ""
+    """Why the worker retires, when a health option made it (logged and reported)."""
+    logs: list[Any] | None = None
+    """The ``logging`` records the tasks emitted in a worker process, for the caller's
+    handlers (see ``health.replay_logs``)."""
 
     def cut(self, ran: int) -> None:
         """Keep only the first ``ran`` tasks; the others did not run and go to ``requeue``."""

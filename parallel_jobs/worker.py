@@ -18,6 +18,7 @@ import pickle
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .errors import CallerInterrupt, SerializationError
@@ -581,8 +582,11 @@ def _after_fork() -> None:
 
 
 def _serve(conn: Any, payload: Payload | None, slot: Any,
-           refusal: SerializationError | None) -> bool:
+           refusal: Exception | None) -> bool:
     """Run chunks until the run ends; True if it ended with :data:`RELEASE` (keep serving)."""
+    run: Callable[..., Batch] = run_chunk
+    if payload is not None and refusal is None:
+        run, refusal = _health_start(payload, slot)
     while True:
         retire = False
         try:
@@ -602,7 +606,7 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
                 reply = dumps(refusal)
             else:
                 assert isinstance(payload, Payload)
-                batch = run_chunk(payload, chunk, slot)
+                batch = run(payload, chunk, slot)
                 reply = encode_batch(batch)
                 retire = batch.retire  # the parent knows it from the batch
         try:
@@ -611,6 +615,23 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
             return False
         if retire:
             return False
+
+
+def _health_start(payload: Payload, slot: Any) -> tuple[Callable[..., Batch], Exception | None]:
+    """Set this worker up for the run (see ``health``): how to run its chunks, and the error
+    to answer them with if its initializer failed."""
+    import functools
+
+    from .health import run_keeping_logs, run_recycled, start_worker
+
+    failed = start_worker(payload, slot)
+    options = payload.worker
+    run: Callable[..., Batch] = run_chunk
+    if options is not None and options.recycles:
+        run = functools.partial(run_recycled, run_chunk=run)
+    if options is not None and options.log_level is not None:
+        run = functools.partial(run_keeping_logs, run=run)
+    return run, failed
 
 
 _LIFELINE: list[int] = []

@@ -555,3 +555,90 @@ def world_seen(_: Any = None) -> tuple[str, str | None, list[str], int]:
     import sys
 
     return os.getcwd(), os.environ.get("PARALLEL_JOBS_TEST_WORLD"), list(sys.path), os.getpid()
+
+
+# -- Worker health (issue 14): initializers, recycling, memory and thread limits -----------------
+
+
+def remember_setup(tag: str) -> None:
+    """An initializer: put ``tag`` and this process's pid in its worker state."""
+    import parallel_jobs
+
+    parallel_jobs.worker_state().update(tag=tag, pid=os.getpid())
+
+
+def failing_setup() -> None:
+    """An initializer that always fails."""
+    msg = "no database here"
+    raise ConnectionError(msg)
+
+
+def state_and_pid(x: int) -> tuple[int, Any, int]:
+    """``x``, the worker state's ``tag`` (None without one) and the pid that ran it."""
+    import parallel_jobs
+
+    state = parallel_jobs.worker_state()
+    return x, (state.get("tag"), state.get("pid")), os.getpid()
+
+
+def pid_of(x: int) -> int:
+    """The pid of the process that ran task ``x``."""
+    return os.getpid()
+
+
+_LEAKED: list[bytes] = []
+
+
+def leak(x: int, size: int) -> tuple[int, int]:
+    """Keep ``size`` more bytes alive in this process for good (a leak), touched so they are
+    resident; return the pid and the process's RSS after it."""
+    from parallel_jobs.health import current_rss
+
+    _LEAKED.append(b"\1" * size)
+    return os.getpid(), current_rss()
+
+
+def hog(x: int, hog_at: int, step: int = 20_000_000, most: int = 4_000_000_000) -> int:
+    """Task ``hog_at`` allocates ``step`` bytes at a time, up to ``most`` (a runaway); the
+    others return ``x``."""
+    if x != hog_at:
+        return x
+    held = []
+    while sum(len(block) for block in held) < most:
+        held.append(b"\1" * step)
+    return -1
+
+
+def thread_limits(x: int) -> list[int]:
+    """The thread count of each BLAS/OpenMP library loaded in this worker (threadpoolctl)."""
+    import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()]
+
+
+def omp_variable(x: int) -> str | None:
+    """This worker's OMP_NUM_THREADS."""
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+def thread_names(x: int) -> list[str]:
+    """The names of the threads running in this worker."""
+    import threading
+
+    return [thread.name for thread in threading.enumerate()]
+
+
+def os_threads(x: int) -> int:
+    """How many threads this process runs, native ones (a BLAS library's) included."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def log_and_square(x: int) -> int:
+    """Log a warning naming ``x`` (and an info line, below the default level), then square it."""
+    import logging
+
+    logger = logging.getLogger("tests.task")
+    logger.warning("working on %d", x)
+    logger.info("details of %d", x)
+    return x * x

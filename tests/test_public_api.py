@@ -22,15 +22,18 @@ SCIRIS_DEFAULTS = {
     "die": True, "lbkwargs": None, "start_method": None,
 }
 NEW_OPTIONS = {"timeout": None, "retries": 0, "chunksize": None, "checkpoint": None,
-               "rerun_failed": True}
+               "rerun_failed": True, "initializer": None, "initargs": (),
+               "max_tasks_per_worker": None, "max_worker_memory": None,
+               "task_memory_limit": None, "threads_per_worker": "auto"}
 
 
 def test_all_is_pinned() -> None:
     assert sorted(pj.__all__) == sorted([
-        "PARALLELIZERS", "CheckpointError", "LoadMonitor", "LoadSample", "Parallel",
-        "ParallelJobsError", "RemoteTaskError", "RemoteTraceback", "SerializationError", "Task",
-        "TaskResult", "TaskTimeoutError", "UnknownParallelizerError", "WorkerCrashedError",
-        "__version__", "cpu_count", "imap", "load_checkpoint", "parallelize", "release_workers",
+        "PARALLELIZERS", "CheckpointError", "InitializerError", "LoadMonitor", "LoadSample",
+        "MemoryLimitError", "Parallel", "ParallelJobsError", "RemoteTaskError",
+        "RemoteTraceback", "SerializationError", "Task", "TaskResult", "TaskTimeoutError",
+        "UnknownParallelizerError", "WorkerCrashedError", "__version__", "cpu_count", "imap",
+        "load_checkpoint", "parallelize", "release_workers", "worker_state",
     ])
 
 

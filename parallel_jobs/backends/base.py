@@ -83,6 +83,15 @@ class Backend(abc.ABC):
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
+        #: (pid, reason) of each worker replaced because a health option said so, and how
+        #: many tasks broke ``task_memory_limit`` (see ``health``).
+        self.replaced: list[tuple[int, str]] = []
+        self.memory_limits_hit = 0
+
+    def note_replaced(self, pid: int, reason: str) -> None:
+        """Record (and log) that worker ``pid`` was replaced for ``reason``."""
+        self.replaced.append((pid, reason))
+        logger.info("replacing worker (pid %d): %s", pid, reason)
 
     @abc.abstractmethod
     def start(self, payload: Payload) -> None:

@@ -25,7 +25,8 @@ from collections.abc import Mapping, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import TaskTimeoutError, WorkerCrashedError
+from ..errors import InitializerError, TaskTimeoutError, WorkerCrashedError
+from ..health import prepare_threads, start_worker
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
 from .base import (
@@ -43,10 +44,12 @@ __all__ = ["FuturesBackend"]
 _PAYLOAD: Payload | None = None
 #: This worker's slot (the task it runs and since when), with a ``timeout`` only.
 _SLOT: Any = None
+#: Why this worker cannot run tasks: its ``initializer`` failed (see ``health``).
+_SET_UP_FAILED: InitializerError | None = None
 
 
 def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
-    global _PAYLOAD, _SLOT
+    global _PAYLOAD, _SLOT, _SET_UP_FAILED
     from .._shm import keep_segments_open, loads_payload
 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens
@@ -55,6 +58,7 @@ def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_segments_open()
     _PAYLOAD = loads_payload(blob)
+    _SET_UP_FAILED = start_worker(_PAYLOAD, ())
     if slots is not None:
         # The executor never starts more than ncpus processes, one slot each.
         with claimed.get_lock():
@@ -64,6 +68,8 @@ def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
 
 def _run(message: bytes) -> bytes:
     assert _PAYLOAD is not None
+    if _SET_UP_FAILED is not None:
+        raise _SET_UP_FAILED  # re-raised once in the parent: the run stops
     return encode_batch(run_chunk(_PAYLOAD, pickle.loads(message), _SLOT))
 
 
@@ -95,6 +101,7 @@ class FuturesBackend(Backend):
 
         self.shared = SharedArrays()
         self.blob = pack_payload(pack_per_task(payload, self.shared), self.shared)
+        prepare_threads(payload.worker)
         self._new_executor()
 
     def _new_executor(self) -> None:
@@ -174,6 +181,8 @@ class FuturesBackend(Backend):
             chunk = self.futures.pop(future)
             try:
                 batches.append(decode_batch(future.result(), chunk, 0))
+            except InitializerError:
+                raise
             except BrokenProcessPool:
                 broken = True
                 detail = "concurrent.futures cannot tell which task killed its pool."

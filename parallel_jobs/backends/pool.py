@@ -40,7 +40,8 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ..errors import TaskTimeoutError, WorkerCrashedError
+from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
+from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
 from .base import (
@@ -388,10 +389,13 @@ class ProcessPoolBackend(Backend):
         self.retiring: list[_Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
         self.world = b""  # the parent's cwd, environment and path, sent with the payload
+        self.health: WorkerOptions | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, payload: Payload) -> None:
+        self.health = payload.worker
+        prepare_threads(self.health)
         self.waker = self.context.Pipe(duplex=False)
         if self.forked:
             # Each worker is forked when its first chunk is submitted: the first one is at
@@ -462,14 +466,15 @@ class ProcessPoolBackend(Backend):
         self.retiring.extend(idle)
 
     def _shared_slot(self) -> Any:
-        """Three doubles shared with a worker: the task it runs and since when, which it
-        writes, and whether to start no further task, which this process writes (see
-        :func:`~parallel_jobs.worker.run_chunk`)."""
+        """Four doubles shared with a worker: the task it runs and since when, which it
+        writes, whether to start no further task, which this process writes (see
+        :func:`~parallel_jobs.worker.run_chunk`), and the memory that broke
+        ``task_memory_limit`` (see :mod:`~parallel_jobs.health`)."""
         if self.forked:
             # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
             # worker's start a file in /dev/shm and an arena of multiprocessing's heap.
-            return memoryview(mmap.mmap(-1, 24)).cast("d")
-        return self.context.RawArray("d", 3)
+            return memoryview(mmap.mmap(-1, 32)).cast("d")
+        return self.context.RawArray("d", 4)
 
     def stop_tasks(self) -> None:
         for worker in self.workers:
@@ -593,9 +598,13 @@ class ProcessPoolBackend(Backend):
                 data = worker.conn.recv_bytes()
                 worker.chunk = None
                 batch = decode_batch(data, chunk, worker.process.pid)
+                if batch.logs:
+                    replay_logs(batch.logs)
                 if batch.retire:
-                    # It wrote to an array it inherited and exits now; the next chunk for its
-                    # slot forks a fresh worker.
+                    # It wrote to an array it inherited, or wore out (see health), and exits
+                    # now; the next chunk for its slot starts a fresh worker.
+                    if batch.retire_reason:
+                        self.note_replaced(worker.process.pid, batch.retire_reason)
                     self._discard(worker)
                 return batch
         except (EOFError, OSError):
@@ -626,7 +635,11 @@ class ProcessPoolBackend(Backend):
                 i: WorkerCrashedError(i, exitcode, detail) for i in chunk.indices
             }
             return chunk_failed(chunk, errors, pid)
-        error = WorkerCrashedError(culprit, exitcode)
+        limit = None if self.health is None else self.health.task_memory_limit
+        error = crash_error(culprit, exitcode, worker.slot, limit)
+        if isinstance(error, MemoryLimitError):
+            self.memory_limits_hit += 1
+            self.note_replaced(pid, f"task {culprit} broke task_memory_limit")
         requeue = [i for i in chunk.indices if i != culprit]
         return Batch.lost(
             culprit, error, pid=pid, started=started,

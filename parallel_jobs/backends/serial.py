@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CallerInterrupt
+from ..health import start_in_thread
 from ..task import Batch, Chunk, Payload
 from ..worker import run_chunk
 from .base import Backend, BackendOptions, mark_overruns, run_copied
@@ -58,6 +59,7 @@ class SerialBackend(Backend):
 
     def start(self, payload: Payload) -> None:
         self.payload = payload
+        start_in_thread(payload)
         if threading.current_thread() is not threading.main_thread():
             return  # the caller's signals reach the main thread, never these tasks
         for signum in _SIGNALS:

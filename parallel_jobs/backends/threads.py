@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ..errors import TaskTimeoutError
+from ..health import start_in_thread
 from ..task import Batch, Chunk, Payload
 from ..worker import IDLE, STOP, run_chunk
 from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
@@ -40,11 +41,15 @@ class _ThreadWorker:
         self.thread.start()
 
     def _loop(self) -> None:
+        started = False
         while True:
             chunk = self.inbox.get()
             if chunk is None:
                 return
             try:
+                if not started:
+                    started = True
+                    start_in_thread(self.payload)
                 if self.copy:
                     batch = run_copied(self.payload, chunk, self.slot)
                 else:

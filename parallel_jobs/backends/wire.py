@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from ..errors import SerializationError
+from ..errors import InitializerError, SerializationError
 from ..task import (
     Batch,
     Chunk,
@@ -106,6 +106,8 @@ def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
             for i in chunk.indices
         }
         return chunk_failed(chunk, errors, pid)
+    if isinstance(batch, InitializerError):
+        raise batch  # no task can run in that worker: the run stops, once
     if isinstance(batch, SerializationError):
         # The worker could not unpickle the chunk or the payload: none of its tasks ran.
         return chunk_failed(chunk, dict.fromkeys(chunk.indices, batch), pid)
