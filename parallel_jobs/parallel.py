@@ -1254,6 +1254,12 @@ def imap(
     keep_records: bool = False,
     checkpoint: str | os.PathLike[str] | None = None,
     rerun_failed: bool = True,
+    initializer: Callable[..., Any] | None = None,
+    initargs: Sequence[Any] = (),
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | str | None = None,
+    task_memory_limit: int | str | None = None,
+    threads_per_worker: int | str | None = "auto",
     ordered: bool = True,
     records: bool = False,
     **func_kwargs: Any,
@@ -1294,7 +1300,9 @@ def imap(
         interval, parallelizer, serial, progress, callback, globaldict, label, capture, die,
         lbkwargs, start_method, timeout=timeout, retries=retries, chunksize=chunksize,
         keep_records=keep_records, checkpoint=checkpoint, rerun_failed=rerun_failed,
-        **func_kwargs,
+        initializer=initializer, initargs=initargs, max_tasks_per_worker=max_tasks_per_worker,
+        max_worker_memory=max_worker_memory, task_memory_limit=task_memory_limit,
+        threads_per_worker=threads_per_worker, **func_kwargs,
     )
     return parallel.imap(ordered, records)
 

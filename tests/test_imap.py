@@ -250,3 +250,10 @@ def test_parent_memory_stays_flat_however_long_the_stream(tmp_path: Path) -> Non
     small = int(run_script(tmp_path, _MEMORY.format(n=10_000), timeout=120)[-1])
     large = int(run_script(tmp_path, _MEMORY.format(n=300_000), timeout=170)[-1])
     assert large - small < 10 * 1024, (small, large)  # ru_maxrss is in KiB on Linux
+
+
+def test_imap_takes_every_option_of_parallelize() -> None:
+    import inspect
+
+    options = set(inspect.signature(pj.parallelize).parameters)
+    assert options <= set(inspect.signature(pj.imap).parameters)
