@@ -40,7 +40,7 @@ from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, OutcomeStore
 from .task import Batch, Chunk, Failure, Payload, Task, task_call
-from .worker import binds_random_early, draw_entropy
+from .worker import binds_random_early, draw_entropy, prepare_seeding
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -315,6 +315,7 @@ class Runner:
                 # RNG, from which each task's seed derives (seeded caller, same numbers).
                 entropy = draw_entropy()
                 if entropy is not None:
+                    prepare_seeding()
                     eager = binds_random_early(self.payload.func)
                     self.payload = attrs.evolve(
                         self.payload, entropy=entropy, eager_seeding=eager)

@@ -341,18 +341,29 @@ def binds_random_early(func: Any) -> bool:
 
 def _rng_functions() -> list[tuple[Any, str, Any]]:
     """(module, name, function) for each module-level function of NumPy's global RandomState
-    and of Python's ``random`` module: what draws from the generators a task inherits."""
+    and of Python's ``random`` module: what draws from the generators a task inherits.
+
+    Found once per process and generator (0.3 ms: a forked worker's first task would wait
+    for it), and first in the parent, whose forked workers inherit the list.
+    """
     import random
 
+    np = sys.modules.get("numpy")
+    legacy = None if np is None else np.random.mtrand._rand
+    key = (id(random._inst), id(legacy))
+    if _RNG_FUNCTIONS and _RNG_FUNCTIONS[0] == key:
+        return _RNG_FUNCTIONS[1]
     found = [(random, name, value) for name, value in vars(random).items()
              if getattr(value, "__self__", None) is random._inst]
-    np = sys.modules.get("numpy")
     if np is not None:
-        legacy = np.random.mtrand._rand
         for module in (np.random, np.random.mtrand):
             found += [(module, name, value) for name, value in vars(module).items()
                       if getattr(value, "__self__", None) is legacy]
+    _RNG_FUNCTIONS[:] = [key, found]
     return found
+
+
+_RNG_FUNCTIONS: list[Any] = []
 
 
 _MASK = 0xFFFFFFFF
@@ -405,10 +416,7 @@ class TaskSeeder:
         self._pool0, self._const = mixer[0], const[0]
         self.index = 0
         self.armed = False
-        self._hooks: list[tuple[Any, str, Any, Any]] = []
-        if not eager:
-            self._hooks = [(module, name, real, self._hook(real))
-                           for module, name, real in _rng_functions()]
+        self._hooks: list[tuple[Any, str, Any, Any]] = [] if eager else _hooks()
 
     @classmethod
     def for_run(cls, entropy: int | None, eager: bool) -> TaskSeeder | None:
@@ -473,15 +481,39 @@ class TaskSeeder:
             np.random.seed(seed)
         random.seed(seed)
 
-    def _hook(self, real: Any) -> Any:
-        def first_draw(*args: Any, **kwargs: Any) -> Any:
-            self.end()
-            self.seed()
-            return real(*args, **kwargs)
 
-        first_draw.__name__ = getattr(real, "__name__", "first_draw")
-        first_draw.__doc__ = getattr(real, "__doc__", None)
-        return first_draw
+
+def _hooks() -> list[tuple[Any, str, Any, Any]]:
+    """(module, name, real function, hook) for each function of :func:`_rng_functions`; made
+    once per process, like that list, and in the parent first, so that forked workers inherit
+    them instead of spending their first task's time on 100 closures."""
+    functions = _rng_functions()
+    if _HOOKS and _HOOKS[0] is functions:
+        return _HOOKS[1]
+    made = [(module, name, real, _hook(real)) for module, name, real in functions]
+    _HOOKS[:] = [functions, made]
+    return made
+
+
+_HOOKS: list[Any] = []
+
+
+def _hook(real: Any) -> Any:
+    def first_draw(*args: Any, **kwargs: Any) -> Any:
+        seeder = TaskSeeder._current
+        if seeder is not None:
+            seeder.end()
+            seeder.seed()
+        return real(*args, **kwargs)
+
+    first_draw.__name__ = getattr(real, "__name__", "first_draw")
+    first_draw.__doc__ = getattr(real, "__doc__", None)
+    return first_draw
+
+
+def prepare_seeding() -> None:
+    """In the parent, before workers fork: find the random functions and make their hooks."""
+    _hooks()
 
 
 RELEASE = b"parallel_jobs.release"
