@@ -15,7 +15,6 @@ Examples:
 from ._cpus import cpu_count
 from .backends import PARALLELIZERS
 from .backends.pool import release_workers
-from .checkpoint import load_checkpoint
 from .errors import (
     CheckpointError,
     InitializerError,
@@ -30,7 +29,7 @@ from .errors import (
 )
 from .health import worker_state
 from .monitor import LoadMonitor, LoadSample
-from .parallel import Parallel, imap, parallelize
+from .parallel import Parallel, imap, load_checkpoint, parallelize
 from .task import Task, TaskResult
 
 __version__ = "0.3.0"

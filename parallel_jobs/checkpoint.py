@@ -53,7 +53,7 @@ from .task import (
     dumps,
 )
 
-__all__ = ["Checkpoint", "function_name", "load_checkpoint"]
+__all__ = ["Checkpoint", "function_name", "read_checkpoint"]
 
 FORMAT = "1"
 """The version of the file's layout, kept in its ``meta`` table."""
@@ -552,28 +552,8 @@ def _read_meta(conn: sqlite3.Connection, path: str, tables: set[str]) -> dict[st
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
-    """What a checkpoint file holds: one :class:`~parallel_jobs.TaskResult` per task written
-    (its latest outcome), in input order.
-
-    The file is only read, without taking its lock, so a sweep may be inspected while it runs
-    (it then shows what was committed so far). A failed task has its exception (rebuilt as its
-    own type where it can be) and traceback text; a task whose result could not be pickled has
-    ``success=True``, ``value=None`` and an ``exception`` saying why (a resumed run runs it
-    again).
-
-    Raises:
-        CheckpointError: the file does not exist, cannot be read, or is no checkpoint.
-
-    Examples:
-        >>> import os, tempfile
-        >>> import parallel_jobs as pj
-        >>> path = os.path.join(tempfile.mkdtemp(), "squares.sqlite")
-        >>> pj.parallelize(abs, [-1, 2], parallelizer="serial", checkpoint=path)
-        [1, 2]
-        >>> [(r.index, r.value, r.success) for r in pj.load_checkpoint(path)]
-        [(0, 1, True), (1, 2, True)]
-    """
+def read_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
+    """:func:`parallel_jobs.load_checkpoint`, which imports this module only when called."""
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise CheckpointError(name, "no such file")
