@@ -290,6 +290,7 @@ class Runner:
             source = TaskSource(plan.njobs)
         self.source = source
         self.checkpoint = checkpoint
+        self._watched = True  # see run()
         self.stopped = False
         self._monitor_due = 0.0
         self.interrupted = False
@@ -298,6 +299,9 @@ class Runner:
 
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
+        # Nobody sees a task finish before run() returns unless a callback or a progress bar
+        # shows it: a checkpoint may then gather batches into fewer commits.
+        self._watched = self.callback is not None or not isinstance(self.reporter, NullReporter)
         for _ in self.iterate():
             pass
 
@@ -458,7 +462,7 @@ class Runner:
         store.record(batch, final)
         if self.checkpoint is not None:
             # Before anything reports these tasks done: the file must hold what was reported.
-            self.checkpoint.write(batch, final, store.attempts_of)
+            self.checkpoint.write(batch, final, store.attempts_of, now=self._watched)
         if not self.stopped:
             self.source.retry.extend(batch.requeue)
         if batch.started and batch.started[0]:
