@@ -518,12 +518,7 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
         CheckpointError: the file is no SQLite database, or no checkpoint, or another
             function's; nothing was written to it.
     """
-    try:
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        msg = f"is not a SQLite database, or is damaged ({exc}); it was left as it was"
-        raise CheckpointError(path, msg) from exc
+    tables = _tables(conn, path, "; it was left as it was")
     if not tables:
         from . import __version__
 
@@ -567,6 +562,16 @@ def _read_meta(conn: sqlite3.Connection, path: str, tables: set[str]) -> dict[st
     return meta
 
 
+def _tables(conn: sqlite3.Connection, path: str, note: str = "") -> set[str]:
+    """The names of the tables in the file at ``path``, or a CheckpointError if it is none."""
+    try:
+        return {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        msg = f"is not a SQLite database, or is damaged ({exc}){note}"
+        raise CheckpointError(path, msg) from exc
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
     """:func:`parallel_jobs.load_checkpoint`, which imports this module only when called."""
     name = os.fspath(path)
@@ -578,12 +583,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
     except sqlite3.Error as exc:
         raise CheckpointError(name, f"cannot be opened: {exc}") from exc
     try:
-        try:
-            tables = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.Error as exc:
-            msg = f"is not a SQLite database, or is damaged ({exc})"
-            raise CheckpointError(name, msg) from exc
+        tables = _tables(conn, name)
         _read_meta(conn, name, tables)
         try:
             rows = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches ORDER BY id").fetchall()
