@@ -230,6 +230,18 @@ class Chunker:
 Callback = Callable[[dict[str, Any]], Any]
 
 
+def _echo(batch: Batch) -> None:
+    """Show what the tasks of ``batch`` printed, each line after ``[task N]``, on the stream
+    each printed to (a live progress bar shows them above itself)."""
+    import sys
+
+    for stream, column in ((sys.stdout, batch.stdout), (sys.stderr, batch.stderr)):
+        for index, text in zip(batch.indices, column or (), strict=False):
+            if text:
+                stream.write("".join(f"[task {index}] {line}\n" for line in text.splitlines()))
+        stream.flush()
+
+
 class Runner:
     """Runs the tasks of a :class:`RunPlan` on a backend and fills a :class:`ResultStore`.
 
@@ -294,14 +306,18 @@ class Runner:
         self.stopped = False
         self._monitor_due = 0.0
         self.interrupted = False
-        self.payload = attrs.evolve(plan.payload, capture=capture, worker=worker)
+        # With a progress bar, what tasks in other processes print comes back with their
+        # batch and is shown here, each line prefixed with its task: printed by the workers
+        # themselves, it would tear the bar.
+        echo = not capture and backend.reseeds and type(self.reporter) is not NullReporter
+        self.payload = attrs.evolve(plan.payload, capture=capture, worker=worker, echo=echo)
         self.globaldict: Any = None
 
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
         # Nobody sees a task finish before run() returns unless a callback or a progress bar
         # shows it: a checkpoint may then gather batches into fewer commits.
-        self._watched = self.callback is not None or not isinstance(self.reporter, NullReporter)
+        self._watched = self.callback is not None or type(self.reporter) is not NullReporter
         for _ in self.iterate():
             pass
 
@@ -460,6 +476,8 @@ class Runner:
             else:
                 final.add(index)
         store.record(batch, final)
+        if self.payload.echo and batch.stdout is not None:
+            _echo(batch)
         if self.checkpoint is not None:
             # Before anything reports these tasks done: the file must hold what was reported.
             self.checkpoint.write(batch, final, store.attempts_of, now=self._watched)

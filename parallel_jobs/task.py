@@ -88,6 +88,9 @@ class Payload:
         eager_seeding: seed before every task instead of at a task's first random draw (the
             function holds a random function by another name, which no lazy hook can see).
         capture: keep what each task prints (its stdout and stderr) instead of showing it.
+        echo: collect what each task prints, for the parent to show, each line prefixed with
+            its task (a progress bar is drawn: worker processes printing to the terminal
+            themselves would tear it).
     """
 
     func: Callable[..., Any]
@@ -97,6 +100,7 @@ class Payload:
     entropy: int | None = None
     eager_seeding: bool = False
     capture: bool = False
+    echo: bool = False
     worker: Any = None
     """The run's ``health.WorkerOptions`` (set-up, recycling, limits), or None."""
 

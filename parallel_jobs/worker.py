@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes  # imported here, in the parent, so that forked workers start without the cost
 import gc
+import io
 import os
 import pickle
 import signal
@@ -132,6 +133,65 @@ INDEX, STARTED, STOP = 0, 1, 2
 
 
 def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
+    """Run every task of ``chunk`` and return their outcomes (see :func:`_run_tasks`); with
+    ``Payload.echo``, what the tasks print is collected, by task, for the parent to show.
+
+    Examples:
+        >>> batch = run_chunk(Payload(abs), Chunk(range(2), itervals=[-3, 4]))
+        >>> batch.values
+        [3, 4]
+    """
+    if not payload.echo or payload.capture:
+        return _run_tasks(payload, chunk, slot)
+    if slot is None:
+        slot = [0.0, IDLE]
+    echo = _Echo(slot)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = echo.stdout, echo.stderr
+    try:
+        batch = _run_tasks(payload, chunk, slot)
+    finally:
+        sys.stdout, sys.stderr = saved
+    echo.fill(batch)
+    return batch
+
+
+class _Echo:
+    """What the tasks of one chunk print, by task: one redirection per chunk, not per task, so
+    that tasks that print nothing cost nothing (the task running is read from the slot)."""
+
+    def __init__(self, slot: Any) -> None:
+        self.out: dict[int, list[str]] = {}
+        self.err: dict[int, list[str]] = {}
+        self.stdout = _ByTask(self.out, slot)
+        self.stderr = _ByTask(self.err, slot)
+
+    def fill(self, batch: Batch) -> None:
+        if not (self.out or self.err):
+            return
+        position = {index: pos for pos, index in enumerate(batch.indices)}
+        n = len(batch.indices)
+        batch.stdout, batch.stderr = [""] * n, [""] * n
+        for parts, column in ((self.out, batch.stdout), (self.err, batch.stderr)):
+            for index, texts in parts.items():
+                if index in position:
+                    column[position[index]] = "".join(texts)
+
+
+class _ByTask(io.TextIOBase):
+    def __init__(self, parts: dict[int, list[str]], slot: Any) -> None:
+        self.parts = parts
+        self.slot = slot
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.parts.setdefault(int(self.slot[INDEX]), []).append(text)
+        return len(text)
+
+
+def _run_tasks(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     """Run every task of ``chunk`` and return their outcomes.
 
     A task's exception is recorded, never raised. ``slot``, when given, is a small shared array
@@ -142,11 +202,6 @@ def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
 
     Each task gets its own copy of what tasks share when the payload was packed for it
     (``Payload.blob``), and its own seed when the payload carries entropy.
-
-    Examples:
-        >>> batch = run_chunk(Payload(abs), Chunk(range(2), itervals=[-3, 4]))
-        >>> batch.values
-        [3, 4]
     """
     func = payload.func
     shared_args = tuple(payload.args)

@@ -350,3 +350,24 @@ def test_a_result_the_parent_cannot_unpickle_fails_its_own_task_only(parallelize
     assert "cannot live in" in str(error)
     assert P.results is not None
     assert [P.results[i] for i in (0, 1, 3, 4, 5)] == [[0], [1], [3], [4], [5]]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parallelizer", ["multiprocess", "fast"])
+def test_with_a_progress_bar_what_workers_print_comes_out_prefixed_with_its_task(
+    parallelizer: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    P = Parallel(fj.say, range(3), ncpus=2, parallelizer=parallelizer, progress=True).run()
+    out, err = capfd.readouterr()
+    assert sorted(out.splitlines()) == [f"[task {x}] task {x} says hello" for x in range(3)]
+    assert all(f"[task {x}] task {x} warns" in err for x in range(3))
+    assert P.stdout == ["", "", ""]  # shown, not kept: that is capture's job
+
+
+@pytest.mark.timeout(60)
+def test_without_a_progress_bar_workers_print_as_they_go(
+    capfd: pytest.CaptureFixture[str]
+) -> None:
+    parallelize(fj.say, range(2), ncpus=2)
+    out, _ = capfd.readouterr()
+    assert sorted(out.splitlines()) == ["task 0 says hello", "task 1 says hello"]
