@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import reprlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import TaskTimeoutError, WorkerCrashedError, exception_text
 from .monitor import LoadSample
-from .task import TaskResult
+from .task import TaskResult, shorten
 
 if TYPE_CHECKING:
     from .parallel import Parallel
@@ -38,10 +37,6 @@ their own tasks before the report advises on task size. Idle time before a worke
 (start-up) or after its last (the run's tail, a run of few or uneven tasks) does not count:
 fewer, larger tasks would not remove it, and would lengthen the tail."""
 
-_short = reprlib.Repr()
-_short.maxstring = 60
-_short.maxother = 60
-_short.maxlist = _short.maxtuple = _short.maxdict = 6
 
 
 def _finished_run(parallel: Parallel) -> list[TaskResult]:
@@ -57,13 +52,7 @@ _MOST_ARGUMENT_CHARS = 80
 def _arguments(parallel: Parallel, index: int) -> str:
     """The task's own arguments, shortened for a table: ``x=3, y=4`` or ``5``; each value to
     about 60 characters, and all of them to 80."""
-    task = parallel._plan.task(index)
-    parts = [_short.repr(value) for value in task.args]
-    parts += [f"{key}={_short.repr(value)}" for key, value in (task.kwargs or {}).items()]
-    text = ", ".join(parts)
-    if len(text) > _MOST_ARGUMENT_CHARS:
-        text = text[: _MOST_ARGUMENT_CHARS - 3] + "..."
-    return text
+    return shorten(parallel._plan.task(index), 60, 6, _MOST_ARGUMENT_CHARS)
 
 
 def _worker_lanes(results: Sequence[TaskResult]) -> dict[int, list[TaskResult]]:

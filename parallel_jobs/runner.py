@@ -19,7 +19,6 @@ retried. It never looks at which backend it drives.
 from __future__ import annotations
 
 import logging
-import reprlib
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -39,7 +38,7 @@ from .health import WorkerOptions
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, OutcomeStore
-from .task import Batch, Chunk, Failure, Payload, Task, task_call
+from .task import Batch, Chunk, Failure, Payload, Task, shorten, task_call
 from .worker import binds_random_early, draw_entropy, prepare_seeding
 
 if TYPE_CHECKING:
@@ -96,10 +95,6 @@ class RunPlan:
         return Chunk(indices, itervals, kwargs)
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = 24
-_SHORT.maxother = 24
-_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
 #: The most characters of a task's values that an error message shows.
 MOST_SHOWN = 60
 
@@ -115,14 +110,8 @@ def describe(task: Task) -> str:
         >>> describe(Task(1))
         ''
     """
-    parts = [_SHORT.repr(value) for value in task.args]
-    parts += [f"{key}={_SHORT.repr(value)}" for key, value in (task.kwargs or {}).items()]
-    if not parts:
-        return ""
-    text = ", ".join(parts)
-    if len(text) > MOST_SHOWN:
-        text = text[: MOST_SHOWN - 3] + "..."
-    return f"({text})"
+    text = shorten(task, 24, 4, MOST_SHOWN)
+    return f"({text})" if text else ""
 
 
 class TaskSource:

@@ -12,8 +12,10 @@ imports nothing from the parent side.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
+import reprlib
 import sys
 import traceback as traceback_module
 import types
@@ -40,6 +42,7 @@ __all__ = [
     "is_immutable",
     "own",
     "own_values",
+    "shorten",
     "task_call",
 ]
 
@@ -198,6 +201,29 @@ def own_values(values: Sequence[Any]) -> list[Any] | None:
     if len(values) < 2 or atomic_values(values):
         return None
     return [own(value) for value in values]
+
+
+@functools.lru_cache(maxsize=4)
+def _shortener(each: int, items: int) -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = each
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = items
+    return short
+
+
+def shorten(task: Task, each: int, items: int, most: int) -> str:
+    """``task``'s own values as ``5, 'a', n=2``, reprlib-style: each value to about ``each``
+    characters and ``items`` items, all of them to ``most`` characters.
+
+    Examples:
+        >>> shorten(Task(0, args=("x" * 100,), kwargs={"n": 2}), 24, 4, 60)
+        "'xxxxxxxxx...xxxxxxxxxx', n=2"
+    """
+    short = _shortener(each, items)
+    parts = [short.repr(value) for value in task.args]
+    parts += [f"{key}={short.repr(value)}" for key, value in (task.kwargs or {}).items()]
+    text = ", ".join(parts)
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
