@@ -13,8 +13,10 @@ Examples:
 """
 
 from ._cpus import cpu_count
+from .api import Parallel, imap, load_checkpoint, parallelize
 from .backends import PARALLELIZERS
 from .backends.pool import release_workers
+from .engine.monitor import LoadMonitor, LoadSample
 from .errors import (
     CheckpointError,
     InitializerError,
@@ -28,9 +30,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .health import worker_state
-from .monitor import LoadMonitor, LoadSample
-from .parallel import Parallel, imap, load_checkpoint, parallelize
-from .task import Task, TaskResult
+from .records import Task, TaskResult
 
 __version__ = "0.3.0"
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .parallel import Parallel
+from .api import Parallel
 from .report import require_matplotlib
 
 DESCRIPTION = (

@@ -25,7 +25,7 @@ from typing import Any
 
 import dill
 
-from .task import _undill
+from .records import _undill
 
 __all__ = ["MainPickler", "SharedMainCPickler", "SharedMainPickler", "SpawnPickler",
            "dill_dumps", "main_is_importable", "tracked_class"]

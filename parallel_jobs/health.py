@@ -1,7 +1,7 @@
 """Keeping workers healthy over long runs: set-up, recycling, memory and thread limits, logs.
 
 The options live in one frozen :class:`WorkerOptions` record that travels with the run's
-:class:`~parallel_jobs.task.Payload` (inherited under fork, pickled with it under spawn).
+:class:`~parallel_jobs.records.Payload` (inherited under fork, pickled with it under spawn).
 What happens in a worker:
 
 - :func:`start_worker` runs once per run a worker serves, before its first task: it limits the
@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 
 from .errors import InitializerError, MemoryLimitError, WorkerCrashedError, exception_text
-from .task import Batch, Chunk, Payload
+from .records import Batch, Chunk, Payload
 
 __all__ = [
     "MEMORY",

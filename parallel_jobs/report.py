@@ -14,12 +14,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .engine.monitor import LoadSample
 from .errors import TaskTimeoutError, WorkerCrashedError, exception_text
-from .monitor import LoadSample
-from .task import TaskResult, shorten
+from .records import TaskResult, shorten
 
 if TYPE_CHECKING:
-    from .parallel import Parallel
+    from .api import Parallel
 
 __all__ = ["plot_timeline", "print_report", "require_matplotlib", "summarize", "to_records"]
 

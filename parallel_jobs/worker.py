@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CallerInterrupt, SerializationError
-from .task import Batch, Chunk, Failure, Payload, Unloadable, atomic_values, dumps, own
+from .records import Batch, Chunk, Failure, Payload, Unloadable, atomic_values, dumps, own
 
 __all__ = [
     "FINE",

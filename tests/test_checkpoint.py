@@ -344,8 +344,8 @@ def test_dask_checkpoints_in_the_parent_and_streams(tmp_path: Path) -> None:
 
 def test_a_batch_of_no_task_writes_nothing(tmp_path: Path) -> None:
     # A chunk stopped before its first task comes back with no task in it.
-    from parallel_jobs.checkpoint import Checkpoint
-    from parallel_jobs.task import Batch, Payload
+    from parallel_jobs.engine.checkpoint import Checkpoint
+    from parallel_jobs.records import Batch, Payload
 
     checkpoint = Checkpoint.open(tmp_path / "sweep.sqlite", Payload(square))
     try:

@@ -13,11 +13,11 @@ from rich.console import Console
 from parallel_jobs import Parallel
 from parallel_jobs.backends.base import BackendOptions
 from parallel_jobs.backends.pool import ProcessPoolBackend
-from parallel_jobs.monitor import LoadMonitor
-from parallel_jobs.progress import ProgressReporter
-from parallel_jobs.runner import Chunker, Runner, RunPlan, TaskSource
-from parallel_jobs.store import ResultStore
-from parallel_jobs.task import Chunk, Payload
+from parallel_jobs.engine.monitor import LoadMonitor
+from parallel_jobs.engine.progress import ProgressReporter
+from parallel_jobs.engine.runner import Chunker, Runner, RunPlan, TaskSource
+from parallel_jobs.engine.store import ResultStore
+from parallel_jobs.records import Chunk, Payload
 from tests import jobs
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import parallel_jobs as pj
-from parallel_jobs.progress import ProgressReporter
-from parallel_jobs.stream import held_limit
+from parallel_jobs.engine.progress import ProgressReporter
+from parallel_jobs.engine.stream import held_limit
 from tests.conftest import run_script
 from tests.jobs import (
     die_on,

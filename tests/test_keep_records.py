@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from parallel_jobs import Parallel, parallelize
-from parallel_jobs.runner import MONITOR_DELAY
+from parallel_jobs.engine.runner import MONITOR_DELAY
 from tests import jobs
 from tests.conftest import returned, run_script
 

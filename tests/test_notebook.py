@@ -146,7 +146,7 @@ def test_kept_worker_sees_the_cells_run_since() -> None:
 
 PICKLING = """
 import json, pickle, sys
-from parallel_jobs.task import Chunk, dumps, dumps_for_spawned
+from parallel_jobs.records import Chunk, dumps, dumps_for_spawned
 
 class Rect:
     def __init__(self, w):

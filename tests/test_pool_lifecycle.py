@@ -13,7 +13,7 @@ import pytest
 from parallel_jobs import Parallel
 from parallel_jobs.backends.base import BackendOptions
 from parallel_jobs.backends.pool import ProcessPoolBackend
-from parallel_jobs.task import Chunk, Payload
+from parallel_jobs.records import Chunk, Payload
 from tests import jobs
 
 pytestmark = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),

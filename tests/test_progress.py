@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from parallel_jobs import Parallel
-from parallel_jobs.monitor import LoadSample
-from parallel_jobs.progress import NullReporter, ProgressReporter, make_reporter
+from parallel_jobs.engine.monitor import LoadSample
+from parallel_jobs.engine.progress import NullReporter, ProgressReporter, make_reporter
 from tests import jobs
 
 

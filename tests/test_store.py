@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from parallel_jobs.store import FAILED, SUCCEEDED, ResultStore
-from parallel_jobs.task import Batch, Failure
+from parallel_jobs.engine.store import FAILED, SUCCEEDED, ResultStore
+from parallel_jobs.records import Batch, Failure
 
 
 def clean_batch(lo: int, hi: int, pid: int) -> Batch:

@@ -1,7 +1,7 @@
 """The one interface every backend offers the Runner.
 
 A backend executes chunks of tasks somewhere (worker processes, threads, the caller's own loop,
-a user's map function, a dask cluster) and hands back a :class:`~parallel_jobs.task.Batch` per
+a user's map function, a dask cluster) and hands back a :class:`~parallel_jobs.records.Batch` per
 chunk. The Runner decides what to run and when; a backend decides only where and how, so the
 Runner never branches on which backend it has.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, exception_text
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
 
 __all__ = [
@@ -186,7 +186,7 @@ def kill_group(pid: int) -> None:
 
 def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
     """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
-    from ..task import Failure
+    from ..records import Failure
 
     batch = Batch.empty(chunk.indices, pid)
     for pos, index in enumerate(chunk.indices):
@@ -198,7 +198,7 @@ def mark_overruns(batch: Batch, timeout: float | None) -> Batch:
     """Fail the tasks of ``batch`` that ran longer than ``timeout``, for backends that can only
     notice an overrun after the task returns."""
     from ..errors import TaskTimeoutError
-    from ..task import Failure
+    from ..records import Failure
 
     if timeout is None:
         return batch

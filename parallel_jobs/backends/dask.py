@@ -52,7 +52,7 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
 from .base import (
     Backend,

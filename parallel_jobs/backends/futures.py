@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import InitializerError, TaskTimeoutError, WorkerCrashedError
 from ..health import prepare_threads, start_worker
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
 from .base import (
     Backend,

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import attrs
 
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
 from .base import Backend, BackendOptions, mark_overruns
 

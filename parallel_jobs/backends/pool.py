@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
 from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
 from .base import (
     Backend,
@@ -93,7 +93,7 @@ def _process_library(library: str, method: str | None) -> Any:
     ``multiprocess`` differs from the standard library in one thing, pickling with dill, which
     a spawned or fork-server worker needs to be sent a lambda or a closure. A forked worker is
     sent nothing of the kind: it inherits the function and the shared arguments, and what else
-    crosses the pipe falls back to dill by itself (:func:`~parallel_jobs.task.dumps`). So under
+    crosses the pipe falls back to dill by itself (:func:`~parallel_jobs.records.dumps`). So under
     fork the standard library starts the workers, and a run that pickles nothing exotic never
     imports dill: 40 ms and 3 MB of the parent's memory saved. The worker then runs
     ``multiprocess``'s after-fork hooks itself (:func:`~parallel_jobs.worker.worker_main`).

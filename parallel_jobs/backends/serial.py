@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import CallerInterrupt
 from ..health import start_in_thread
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
 from .base import Backend, BackendOptions, mark_overruns, run_copied
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TaskTimeoutError
 from ..health import start_in_thread
-from ..task import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, STOP, run_chunk
 from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
 

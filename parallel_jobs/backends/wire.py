@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import attrs
 
 from ..errors import InitializerError, SerializationError
-from ..task import (
+from ..records import (
     Batch,
     Chunk,
     Failure,

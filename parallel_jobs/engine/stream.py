@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..records import Batch, Chunk, Failure, Payload, Task, TaskResult
 from .runner import MOST_PER_CHUNK, TaskSource
 from .store import FAILED, SUCCEEDED
-from .task import Batch, Chunk, Failure, Payload, Task, TaskResult
 
 __all__ = ["Stream", "StreamPlan", "StreamSource", "StreamStore", "held_limit"]
 
@@ -76,7 +76,7 @@ def _iterate(values: Any, name: str) -> Iterator[Any]:
 
 
 class StreamPlan:
-    """The tasks of a lazily read input: what a :class:`~parallel_jobs.runner.RunPlan` is for
+    """The tasks of a lazily read input: what a :class:`~parallel_jobs.engine.runner.RunPlan` is for
     an input of known size, holding each task's values only from its pull until it is taken.
 
     Args:
@@ -184,7 +184,7 @@ class StreamSource(TaskSource):
 
 class StreamStore:
     """The outcomes of finished tasks until ``imap`` takes them; what a
-    :class:`~parallel_jobs.store.ResultStore` is for a run whose size is unknown.
+    :class:`~parallel_jobs.engine.store.ResultStore` is for a run whose size is unknown.
 
     Args:
         records: keep each task's timings, to yield :class:`~parallel_jobs.TaskResult`s.

@@ -25,13 +25,13 @@ from typing import Any
 from ._cpus import cpu_count
 from .backends import Choice, resolve
 from .backends.base import BackendOptions
+from .engine.monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
+from .engine.progress import make_reporter
+from .engine.runner import Runner, RunPlan, TaskSource
+from .engine.store import CANCELLED, SUCCEEDED, OutcomeStore, ResultStore
+from .engine.stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit
 from .health import WorkerOptions, worker_options
-from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
-from .progress import make_reporter
-from .runner import Runner, RunPlan, TaskSource
-from .store import CANCELLED, SUCCEEDED, OutcomeStore, ResultStore
-from .stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit
-from .task import Payload, TaskResult
+from .records import Payload, TaskResult
 
 __all__ = ["Parallel", "imap", "load_checkpoint", "parallelize"]
 
@@ -748,7 +748,7 @@ class Parallel:
         checkpoint = None
         if self.checkpoint is not None:
             # Last, so that nothing after it can fail and leave the file locked.
-            from .checkpoint import Checkpoint  # only when asked for: see load_checkpoint
+            from .engine.checkpoint import Checkpoint  # only when asked for: see load_checkpoint
 
             checkpoint = Checkpoint.open(self.checkpoint, self._plan.payload,
                                          rerun_failed=self.rerun_failed)
@@ -1331,7 +1331,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
         [(0, 1, True), (1, 2, True)]
     """
     # Imported here: SQLite and hashlib (OpenSSL) cost every process 5 MB and 10 ms to import.
-    from .checkpoint import read_checkpoint
+    from .engine.checkpoint import read_checkpoint
 
     return read_checkpoint(path)
 

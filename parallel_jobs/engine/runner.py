@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .backends.base import Backend, chunk_failed
-from .errors import (
+from ..backends.base import Backend, chunk_failed
+from ..errors import (
     ExceptionCollector,
     SerializationError,
     TaskTimeoutError,
     WorkerCrashedError,
     attach_remote_traceback,
 )
-from .health import WorkerOptions
+from ..health import WorkerOptions
+from ..records import Batch, Chunk, Failure, Payload, Task, shorten, task_call
+from ..worker import binds_random_early, draw_entropy, prepare_seeding
 from .monitor import LoadGate, LoadMonitor
 from .progress import NullReporter
 from .store import SUCCEEDED, OutcomeStore
-from .task import Batch, Chunk, Failure, Payload, Task, shorten, task_call
-from .worker import binds_random_early, draw_entropy, prepare_seeding
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint

@@ -2,7 +2,7 @@
 
 A run of a million tiny tasks must not hold a million result objects: the store keeps one list
 of values and a few typed arrays, filled a batch at a time, and builds a
-:class:`~parallel_jobs.task.TaskResult` only when one is asked for.
+:class:`~parallel_jobs.records.TaskResult` only when one is asked for.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from array import array
 from typing import Any, Protocol
 
-from .task import Batch, Failure, TaskResult, zeros
+from ..records import Batch, Failure, TaskResult, zeros
 
 __all__ = ["CANCELLED", "FAILED", "PENDING", "SUCCEEDED", "OutcomeStore", "ResultStore"]
 

@@ -233,7 +233,7 @@ def make_reporter(
         >>> console.file.getvalue()
         'squares: 4/4 • 1 failed • -- tasks/s • elapsed 00:00 • eta 00:00\\n'
         >>> make_reporter(False, "squares")  # doctest: +ELLIPSIS
-        <parallel_jobs.progress.NullReporter object at ...>
+        <parallel_jobs.engine.progress.NullReporter object at ...>
     """
     if not progress:
         return NullReporter()

@@ -42,8 +42,8 @@ from typing import Any
 
 import attrs
 
-from .errors import CheckpointError
-from .task import (
+from ..errors import CheckpointError
+from ..records import (
     Batch,
     Chunk,
     Payload,
@@ -520,7 +520,7 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
     """
     tables = _tables(conn, path, "; it was left as it was")
     if not tables:
-        from . import __version__
+        from .. import __version__
 
         # Big pages: a batch's row then spans a page or two, and its commit writes a few.
         conn.execute("PRAGMA page_size=65536")
