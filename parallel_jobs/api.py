@@ -41,9 +41,9 @@ __all__ = ["Parallel", "imap", "load_checkpoint", "parallelize"]
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
-class _Option:
-    """An option of ``Parallel``: reads its validated value. Setting it validates it, with
-    every other option, as the constructor does; the next run uses it."""
+class _Setting:
+    """A value of the run's validated configuration (``P.method``), read-only as sciris'
+    derived attributes are: assigning one only hides it on the instance, as before."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -52,6 +52,11 @@ class _Option:
         if parallel is None:
             return self
         return getattr(parallel._config, self.name)
+
+
+class _Option(_Setting):
+    """An option of ``Parallel`` (``P.ncpus``): reads its validated value. Setting it
+    validates it, with every other option, as the constructor does; the next run uses it."""
 
     def __set__(self, parallel: Parallel, value: Any) -> None:
         parallel._configure(**{self.name: value})
@@ -126,9 +131,9 @@ class Parallel:
         lbkwargs: the load-balancer options, merged from ``lbkwargs`` and ``maxcpu``,
             ``maxmem``, ``interval`` as sciris merges them.
         maxcpu, maxmem, interval: the merged load limits, as fractions and seconds.
-        ncpus, die, timeout, retries, chunksize, progress, callback, start_method, ...: every
-            option, validated. Setting one before a run validates it as the constructor does
-            (with every other option) and the next run uses it.
+        die, timeout, retries, chunksize, progress, callback, start_method: as given,
+            validated. Setting any option validates it, with every other option, as the
+            constructor does; the next run uses it.
         serial, capture, is_async: as given or implied by ``parallelizer``.
         embarrassing: whether ``iterarg`` was a count (the function takes no iterated value).
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
@@ -161,6 +166,7 @@ class Parallel:
     checkpoint, rerun_failed, initializer, initargs = (_Option() for _ in range(4))
     max_tasks_per_worker, max_worker_memory = _Option(), _Option()
     task_memory_limit, threads_per_worker = _Option(), _Option()
+    method, is_async, choice = _Setting(), _Setting(), _Setting()
     results = _PerTask("Each task's return value, in input order (None for a failed or "
                        "skipped task).")
     success = _PerTask("Whether each task succeeded.")
@@ -232,16 +238,6 @@ class Parallel:
     def njobs(self) -> int | None:
         """The number of tasks (None for an input read lazily, see :func:`imap`)."""
         return self._plan.njobs
-
-    @property
-    def method(self) -> str:
-        """The backend ('multiprocess', 'thread', ...)."""
-        return self._config.method
-
-    @property
-    def is_async(self) -> bool:
-        """Whether ``parallelizer`` asked for a background run ('-async')."""
-        return self._config.is_async
 
     @property
     def kwargs(self) -> Mapping[str, Any]:
