@@ -226,7 +226,6 @@ class Parallel:
         self._plan = _make_plan(func, iterarg, iterkwargs, args, kwargs, globaldict, func_kwargs)
         self._given: dict[str, Any] = {}
         self._configure(**given)
-        self._background: BackgroundRun | None = None
         self.reset()
 
     def _configure(self, **options: Any) -> None:
@@ -253,7 +252,7 @@ class Parallel:
             raise RuntimeError(msg)
         self._store: ResultStore | None = None
         self._runner: Runner | None = None
-        self._background = None
+        self._background: BackgroundRun | None = None
         self._task_lists = TaskLists(None)
         self._status = _NOT_RUN
         self._take(None)
