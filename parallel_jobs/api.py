@@ -1,266 +1,103 @@
 """``Parallel`` and ``parallelize()``: the sciris-compatible front door.
 
-``Parallel`` validates its whole configuration at construction (a bad argument fails there,
-named, before any process starts), owns the lifecycle of its runs and turns the Runner's
-column-wise store into the lists sciris users know: ``results``, ``success``, ``exceptions``,
-``times``. ``parallelize()`` builds one ``Parallel``, runs it and returns its results.
+``Parallel`` is a facade: :mod:`~parallel_jobs.config` validates its options at construction
+(a bad argument fails there, named, before any process starts), a
+:class:`~parallel_jobs.engine.runner.Runner` built from them does each run, and
+:mod:`~parallel_jobs.views` turns the run's column-wise store into the lists sciris users
+know: ``results``, ``success``, ``exceptions``, ``times``. ``parallelize()`` builds one
+``Parallel``, runs it and returns its results; ``imap()`` yields them as they come.
 """
 
 from __future__ import annotations
 
 import datetime
-import difflib
-import inspect
-import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from numbers import Integral, Real
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._cpus import cpu_count
-from .backends import Choice, resolve
-from .backends.base import BackendOptions
-from .engine.monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
-from .engine.progress import make_reporter
-from .engine.runner import Runner, RunPlan, TaskSource
-from .engine.store import CANCELLED, SUCCEEDED, OutcomeStore, ResultStore
+from .background import BackgroundRun
+from .config import (
+    DEFAULTS,
+    RunConfig,
+    check_option_typos,
+    count_tasks,
+    flag,
+    is_count,
+    make_payload,
+)
+from .engine.runner import Runner, RunOutcome, RunPlan, TaskSource
+from .engine.signals import RunSignals
+from .engine.store import OutcomeStore, ResultStore
 from .engine.stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit
-from .health import WorkerOptions, worker_options
-from .records import Payload, TaskResult
+from .records import TaskResult
+from .report import RunRecord, plot_timeline, print_report, summarize, to_records
+from .views import TaskLists, Times
 
 __all__ = ["Parallel", "imap", "load_checkpoint", "parallelize"]
 
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
 
-class Times(MutableMapping[str, Any]):
-    """``times`` of a run: a mapping whose keys are also attributes (``P.times.elapsed``).
+class _Setting:
+    """A value of the run's validated configuration (``P.method``), read-only as sciris'
+    derived attributes are: assigning one only hides it on the instance, as before."""
 
-    ``jobs`` (each task's seconds) is built from the run's store the first time it is read: a
-    run of 200,000 tasks whose caller never looks at it does not pay for 200,000 floats. It is
-    a mapping, not a dict subclass, because ``dict(times)`` and ``{**times}`` copy a dict
-    subclass's storage directly and would see the placeholder instead of the values.
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-    Examples:
-        >>> times = Times(started=None, elapsed=1.5)
-        >>> times.defer("jobs", lambda: [0.5, 1.0])
-        >>> dict(times) == {**times} == {"started": None, "elapsed": 1.5, "jobs": [0.5, 1.0]}
-        True
-        >>> times.elapsed, times["jobs"]
-        (1.5, [0.5, 1.0])
-    """
-
-    def __init__(self, **values: Any) -> None:
-        self._values: dict[str, Any] = values
-        self._pending: dict[str, Callable[[], Any]] = {}
-
-    def defer(self, key: str, build: Callable[[], Any]) -> None:
-        """Make ``build()`` the value of ``key``, computed on first read."""
-        self._values[key] = None
-        self._pending[key] = build
-
-    def __getitem__(self, key: str) -> Any:
-        build = self._pending.pop(key, None)
-        if build is not None:
-            self._values[key] = build()
-        return self._values[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._pending.pop(key, None)
-        self._values[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self._pending.pop(key, None)
-        del self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (and deep-copied) with its values settled: a deferred builder may hold the run.
-        return (type(self), (), None, None, iter(dict(self).items()))
-
-    def copy(self) -> dict[str, Any]:
-        """A plain dict of the values."""
-        return dict(self)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            self[name] = value
+    def __get__(self, parallel: Parallel | None, owner: type | None = None) -> Any:
+        if parallel is None:
+            return self
+        return getattr(parallel._config, self.name)
 
 
-def _indexable(values: Any, name: str) -> Sequence[Any]:
-    """``values`` itself if ``values[i]`` is its i-th item (lists, tuples, ranges, NumPy arrays),
-    else a list of what iterating over it gives (generators, sets, strings, dict keys, pandas
-    Series, whose ``[i]`` looks up a label)."""
-    np = sys.modules.get("numpy")
-    if isinstance(values, (list, tuple, range)) or (
-        np is not None and isinstance(values, np.ndarray) and values.ndim > 0
-    ):
-        return values
-    if not isinstance(values, Iterable):
-        msg = f"{name} must be iterable or an integer, not {type(values).__name__}"
-        raise TypeError(msg)
-    return list(values)
+class _Option(_Setting):
+    """An option of ``Parallel`` (``P.ncpus``): reads its validated value. Setting it
+    validates it, with every other option, as the constructor does; the next run uses it."""
+
+    def __set__(self, parallel: Parallel, value: Any) -> None:
+        parallel._configure(**{self.name: value})
 
 
-def _number(value: Any, name: str, *, integer: bool = False) -> Any:
-    """``value`` if it is a number (an integer with ``integer``) and not NaN."""
-    kind = Integral if integer else Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an integer" if integer else "a number"
-        msg = f"{name} must be {what}, not {type(value).__name__}"
-        raise TypeError(msg)
-    if value != value:  # NaN compares unequal to itself, and false to every bound
-        msg = f"{name} must be a number, not NaN"
-        raise ValueError(msg)
-    return value
+class _PerTask:
+    """A per-task list of the last run (None before one), built from its store when first
+    read; assignable, as in sciris."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, parallel: Parallel | None, owner: type | None = None) -> Any:
+        if parallel is None:
+            return self
+        return parallel._task_lists.get(self.name)
+
+    def __set__(self, parallel: Parallel, value: Any) -> None:
+        parallel._task_lists.set(self.name, value)
 
 
-def _fraction(value: Any, name: str) -> float | None:
-    """A load limit as a fraction: 0.8 and 80 both mean 80%."""
-    if value is None:
-        return None
-    number = float(_number(value, name))
-    fraction = number / 100 if number > 1 else number
-    if not 0 < fraction <= 1:
-        msg = f"{name} must be a fraction in (0, 1] or a percentage in (1, 100], not {value!r}"
-        raise ValueError(msg)
-    return fraction
-
-
-def _positive(value: Any, name: str, *, integer: bool = False) -> Any:
-    if not _number(value, name, integer=integer) > 0:
-        msg = f"{name} must be positive, not {value!r}"
-        raise ValueError(msg)
-    return value
-
-
-def _finite(value: Any, name: str) -> float:
-    """A positive number of seconds that a wait can be given."""
-    seconds = float(_positive(value, name))
-    if math.isinf(seconds):
-        msg = f"{name} must be a finite number of seconds, not {value!r}"
-        raise ValueError(msg)
-    return seconds
-
-
-#: The longest timeout kept, in seconds: epoll waits at most 2**31 - 1 ms (24.8 days), and a
-#: task deadline is waited for in one call.
-LONGEST_TIMEOUT = (2**31 - 1) / 1000
-
-
-def _timeout(value: Any) -> float | None:
-    """``timeout`` in seconds; None when there is none, also for 24.8 days or more and ``inf``."""
-    if value is None:
-        return None
-    seconds = float(_positive(value, "timeout"))
-    return None if seconds >= LONGEST_TIMEOUT else seconds
-
-
-def _flag(value: Any, name: str) -> bool:
-    """A yes/no argument: a bool, a NumPy bool, 0 or 1, or None (false, as sciris takes it).
-
-    Anything else is refused: ``die='False'`` would otherwise be true.
-    """
-    if value is None:
-        return False
-    np = sys.modules.get("numpy")
-    if isinstance(value, bool) or (np is not None and isinstance(value, np.bool_)):
-        return bool(value)
-    if isinstance(value, Integral) and value in (0, 1):
-        return bool(value)
-    msg = f"{name} must be True or False, not {value!r}"
-    raise TypeError(msg)
-
-
-#: sciris' load-balancer options that are accepted and ignored (see docs/arguments.md): the
-#: gate here samples the load in one monitor thread, and a task waits for it without a limit.
-IGNORED_LBKWARGS = frozenset({"cpu_interval", "maxtime", "label", "verbose"})
-_LOAD_OPTIONS = ("maxcpu", "maxmem", "interval")
-
-
-class _AttrDict(dict[str, Any]):
-    """A dict whose keys read as attributes too (``P.lbkwargs.maxcpu``), as sciris' objdict.
-
-    Examples:
-        >>> _AttrDict(maxcpu=0.7).maxcpu
-        0.7
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def _merge_lbkwargs(explicit: dict[str, Any], lbkwargs: Any) -> _AttrDict:
-    """sciris' merge: a key of ``lbkwargs`` wins over an explicit argument that is None."""
-    if lbkwargs is None:
-        lbkwargs = {}
-    if not isinstance(lbkwargs, Mapping):
-        msg = f"lbkwargs must be a dict, not {type(lbkwargs).__name__}"
-        raise TypeError(msg)
-    known = (*_LOAD_OPTIONS, *sorted(IGNORED_LBKWARGS))
-    for key in lbkwargs:
-        if key not in known:
-            # sciris renamed maxload to maxcpu in 2.0 and still takes the old name.
-            close = ["maxcpu"] if key == "maxload" else difflib.get_close_matches(
-                str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
-            msg = f"lbkwargs has no option {key!r}{hint}"
-            raise TypeError(msg)
-    given = {key: value for key, value in explicit.items() if value is not None}
-    return _AttrDict({**explicit, **lbkwargs, **given})
-
-
-def _check_option_typos(func: Callable[..., Any], func_kwargs: Mapping[str, Any]) -> None:
-    """Refuse a keyword that looks like a misspelt option (``ncpu=``) and that ``func`` could
-    not take anyway: the run would only fail later, in every task, with a vaguer message."""
-    suspects = {}
-    for key in func_kwargs:
-        close = difflib.get_close_matches(key, OPTION_NAMES, n=1)
-        if close:
-            suspects[key] = close[0]
-    if not suspects:
-        return
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return  # a builtin or extension function that says nothing: let it decide
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    for key, option in suspects.items():
-        if key not in accepted:
-            name = getattr(func, "__qualname__", None) or repr(func)
-            msg = (
-                f"unexpected keyword argument {key!r}: it is not an option, and {name}() takes "
-                f"no such argument; did you mean {option!r}?"
-            )
-            raise TypeError(msg)
+def _make_plan(
+    func: Callable[..., Any],
+    iterarg: Any,
+    iterkwargs: Any,
+    args: Any,
+    kwargs: Mapping[str, Any] | None,
+    globaldict: Mapping[str, Any] | None,
+    func_kwargs: Mapping[str, Any],
+) -> RunPlan | StreamPlan:
+    """The tasks of a run: listed up front, or read lazily from an input marked as a Stream."""
+    if isinstance(iterarg, Stream) or isinstance(iterkwargs, Stream):
+        payload = make_payload(func, args, kwargs, globaldict, func_kwargs)
+        return StreamPlan(getattr(iterarg, "values", iterarg),
+                          getattr(iterkwargs, "values", iterkwargs), payload, globaldict)
+    njobs, values, per_task = count_tasks(iterarg, iterkwargs)
+    payload = make_payload(func, args, kwargs, globaldict, func_kwargs)
+    return RunPlan(njobs, values, per_task, payload, globaldict)
 
 
 class Parallel:
@@ -293,6 +130,10 @@ class Parallel:
         kwargs: the keyword arguments every task gets (``kwargs`` and ``**func_kwargs``).
         lbkwargs: the load-balancer options, merged from ``lbkwargs`` and ``maxcpu``,
             ``maxmem``, ``interval`` as sciris merges them.
+        maxcpu, maxmem, interval: the merged load limits, as fractions and seconds.
+        die, timeout, retries, chunksize, progress, callback, start_method: as given,
+            validated. Setting any option validates it, with every other option, as the
+            constructor does; the next run uses it.
         serial, capture, is_async: as given or implied by ``parallelizer``.
         embarrassing: whether ``iterarg`` was a count (the function takes no iterated value).
         times: ``started``, ``finished`` (datetimes), ``elapsed`` (seconds) and ``jobs`` (each
@@ -318,6 +159,23 @@ class Parallel:
         >>> P.status, P.success
         ('done', [True, True, True])
     """
+
+    ncpus, maxcpu, maxmem, interval, parallelizer, serial = (_Option() for _ in range(6))
+    progress, callback, label, capture, die, lbkwargs = (_Option() for _ in range(6))
+    start_method, timeout, retries, chunksize, keep_records = (_Option() for _ in range(5))
+    checkpoint, rerun_failed, initializer, initargs = (_Option() for _ in range(4))
+    max_tasks_per_worker, max_worker_memory = _Option(), _Option()
+    task_memory_limit, threads_per_worker = _Option(), _Option()
+    method, is_async, choice = _Setting(), _Setting(), _Setting()
+    results = _PerTask("Each task's return value, in input order (None for a failed or "
+                       "skipped task).")
+    success = _PerTask("Whether each task succeeded.")
+    skipped = _PerTask("Whether each task never ran because the run stopped early (die, "
+                       "Ctrl-C, callback).")
+    exceptions = _PerTask("What each task raised (or what stopped it: a crash, a timeout), "
+                          "else None.")
+    stdout = _PerTask("What each task printed to stdout, with ``capture=True``; ``''`` for "
+                      "every task without it (as in sciris); None before a run.")
 
     def __init__(
         self,
@@ -359,164 +217,31 @@ class Parallel:
             msg = f"func must be callable, not {type(func).__name__}"
             raise TypeError(msg)
         if func_kwargs:
-            _check_option_typos(func, func_kwargs)
-        self.func = func
-        self.iterarg = iterarg
-        self.iterkwargs = iterkwargs
-        self.args = args
+            check_option_typos(func, func_kwargs)
+        # The options as given, by name: all of them are checked again when one is set.
+        given = {name: value for name, value in locals().items() if name in DEFAULTS}
+        self.func, self.iterarg, self.iterkwargs, self.args = func, iterarg, iterkwargs, args
         self.inputdict = globaldict
-        self.label = label
-        self.serial = _flag(serial, "serial")
-        self.progress = _flag(progress, "progress")
-        self.capture = _flag(capture, "capture")
-        self.die = _flag(die, "die")
-        self.choice: Choice = resolve(parallelizer, self.serial)
-        self.parallelizer = parallelizer
-        self.method = self.choice.method
-        self.is_async = self.choice.is_async
-        if self.capture and self.method == "thread":
-            msg = (
-                "capture=True cannot be used with the 'thread' parallelizer: threads share one "
-                "stdout, so a task's output cannot be told from another's; use a process or the "
-                "serial parallelizer"
-            )
-            raise ValueError(msg)
-        self._plan = self._make_plan(iterarg, iterkwargs, args, kwargs, globaldict, func_kwargs)
-        self.njobs = self._plan.njobs
-        self.embarrassing = isinstance(iterarg, Integral) and not isinstance(iterarg, bool)
-        self.ncpus = self._resolve_ncpus(ncpus)
-        self.lbkwargs = _merge_lbkwargs(
-            {"maxcpu": maxcpu, "maxmem": maxmem, "interval": interval}, lbkwargs)
-        self.maxcpu = _fraction(self.lbkwargs["maxcpu"], "maxcpu")
-        self.maxmem = _fraction(self.lbkwargs["maxmem"], "maxmem")
-        interval = self.lbkwargs["interval"]
-        self.interval = None if interval is None else _finite(interval, "interval")
-        if callback is not None and not callable(callback):
-            msg = f"callback must be callable, not {type(callback).__name__}"
-            raise TypeError(msg)
-        self.callback = callback
-        if globaldict is not None and self.method == "dask":
-            msg = (
-                "globaldict cannot be shared across a dask cluster: its workers may be on other "
-                "machines; pass the data in kwargs, or use a local parallelizer"
-            )
-            raise ValueError(msg)
-        self.timeout = _timeout(timeout)
-        if isinstance(retries, bool) or not isinstance(retries, Integral) or retries < 0:
-            msg = f"retries must be a whole number >= 0, not {retries!r}"
-            raise ValueError(msg)
-        self.retries: int = int(retries)
-        self.chunksize: int | None = None if chunksize is None else int(
-            _positive(chunksize, "chunksize", integer=True))
-        self.start_method: str | None = self._check_start_method(start_method)
-        self.keep_records: bool = _flag(keep_records, "keep_records")
-        self.checkpoint: str | None = _checkpoint_path(checkpoint)
-        self.rerun_failed: bool = _flag(rerun_failed, "rerun_failed")
-        self.initializer, self.initargs = initializer, initargs
-        self.max_tasks_per_worker = max_tasks_per_worker
-        self.max_worker_memory, self.task_memory_limit = max_worker_memory, task_memory_limit
-        self.threads_per_worker = threads_per_worker
-        self._worker_options: WorkerOptions | None = worker_options(
-            self.method, self.ncpus, cpu_count(), initializer=initializer, initargs=initargs,
-            max_tasks_per_worker=max_tasks_per_worker, max_worker_memory=max_worker_memory,
-            task_memory_limit=task_memory_limit, threads_per_worker=threads_per_worker)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self.embarrassing = is_count(iterarg)
+        self._plan = _make_plan(func, iterarg, iterkwargs, args, kwargs, globaldict, func_kwargs)
+        self._given: dict[str, Any] = {}
+        self._configure(**given)
         self.reset()
 
-    # -- configuration ---------------------------------------------------------------------------
+    def _configure(self, **options: Any) -> None:
+        given = {**self._given, **options}
+        self._config = RunConfig.create(self.njobs, self.inputdict is not None, **given)
+        self._given = given
 
-    def _make_plan(
-        self,
-        iterarg: Any,
-        iterkwargs: Any,
-        args: Any,
-        kwargs: Mapping[str, Any] | None,
-        globaldict: Mapping[str, Any] | None,
-        func_kwargs: Mapping[str, Any],
-    ) -> RunPlan | StreamPlan:
-        if isinstance(iterarg, Stream) or isinstance(iterkwargs, Stream):
-            payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
-            return StreamPlan(getattr(iterarg, "values", iterarg),
-                              getattr(iterkwargs, "values", iterkwargs), payload, globaldict)
-        njobs: int | None = None
-        values: Sequence[Any] | None = None
-        if iterarg is not None:
-            if isinstance(iterarg, Integral) and not isinstance(iterarg, bool):
-                njobs = int(iterarg)  # run the function that many times, with no iterated value
-            else:
-                values = _indexable(iterarg, "iterarg")
-                njobs = len(values)
-        per_task: Any = None
-        if iterkwargs is not None:
-            per_task, count = _check_iterkwargs(iterkwargs)
-            if njobs is not None and count != njobs:
-                msg = (
-                    f"iterarg and iterkwargs must have the same length, not {njobs} and {count}"
-                )
-                raise ValueError(msg)
-            njobs = count
-        if not njobs or njobs < 0:
-            msg = (
-                "nothing to run: give iterarg (an iterable or a positive integer) and/or "
-                f"iterkwargs with at least one entry (got iterarg={iterarg!r}, "
-                f"iterkwargs={iterkwargs!r})"
-            )
-            raise ValueError(msg)
-        payload = self._make_payload(args, kwargs, globaldict, func_kwargs)
-        return RunPlan(njobs, values, per_task, payload, globaldict)
+    @property
+    def njobs(self) -> int | None:
+        """The number of tasks (None for an input read lazily, see :func:`imap`)."""
+        return self._plan.njobs
 
-    def _make_payload(
-        self,
-        args: Any,
-        kwargs: Mapping[str, Any] | None,
-        globaldict: Mapping[str, Any] | None,
-        func_kwargs: Mapping[str, Any],
-    ) -> Payload:
-        if args is None:
-            shared_args: tuple[Any, ...] = ()
-        elif isinstance(args, (list, tuple)):
-            shared_args = tuple(args)
-        else:
-            shared_args = (args,)
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            msg = f"kwargs must be a dict, not {type(kwargs).__name__}"
-            raise TypeError(msg)
-        # A manager's DictProxy is no Mapping, but is what a user's own pool shares state with.
-        if globaldict is not None and not (
-            isinstance(globaldict, Mapping) or hasattr(globaldict, "keys")
-        ):
-            msg = f"globaldict must be a dict, not {type(globaldict).__name__}"
-            raise TypeError(msg)
-        shared_kwargs = {**(kwargs or {}), **func_kwargs}
-        return Payload(self.func, shared_args, shared_kwargs)
-
-    def _resolve_ncpus(self, ncpus: Any) -> int:
-        available = cpu_count()
-        if ncpus is None:
-            count = available
-        else:
-            share = float(_number(ncpus, "ncpus"))
-            if not 0 < share < math.inf:
-                msg = (
-                    f"ncpus must be positive and finite (a count, or a fraction below 1), "
-                    f"not {ncpus!r}"
-                )
-                raise ValueError(msg)
-            count = math.ceil(available * share) if share < 1 else int(share)
-        return max(1, count if self.njobs is None else min(count, self.njobs))
-
-    @staticmethod
-    def _check_start_method(start_method: str | None) -> str | None:
-        if start_method is None:
-            return None
-        import multiprocessing
-
-        methods = multiprocessing.get_all_start_methods()
-        if start_method not in methods:
-            msg = f"start_method must be one of {methods}, not {start_method!r}"
-            raise ValueError(msg)
-        return start_method
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments every task gets: ``kwargs`` merged with ``**func_kwargs``."""
+        return self._plan.payload.kwargs
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -527,86 +252,12 @@ class Parallel:
             raise RuntimeError(msg)
         self._store: ResultStore | None = None
         self._runner: Runner | None = None
-        self.workers_replaced: list[tuple[int, str]] = []
-        self.memory_limits_hit = 0
+        self._background: BackgroundRun | None = None
+        self._task_lists = TaskLists(None)
         self._status = _NOT_RUN
-        self._thread = None
-        # Set when a background run has ended; Thread.join() cannot tell once Ctrl-C has
-        # interrupted it (CPython then marks a still-running thread as stopped).
-        self._finished = threading.Event()
-        self._error = None
-        self._lists: dict[str, Any] = {}
-        self.globaldict: dict[str, Any] | None = None
-        self.load_samples: list[LoadSample] = []
+        self._take(None)
         self.times = Times(started=None, finished=None, elapsed=None, jobs=None)
         self._t0 = 0.0
-
-    def _list(self, name: str, build: Callable[[ResultStore], list[Any] | None]) -> Any:
-        # The per-task lists are built from the store when first read, not at the end of every
-        # run: parallelize() reads only the results.
-        if name not in self._lists:
-            store = self._store
-            if store is None or self._status != _DONE:
-                return None
-            self._lists[name] = build(store)
-        return self._lists[name]
-
-    @property
-    def results(self) -> list[Any] | None:
-        """Each task's return value, in input order (None for a failed or skipped task)."""
-        return self._list("results", lambda store: store.values)
-
-    @results.setter
-    def results(self, value: list[Any] | None) -> None:
-        self._lists["results"] = value
-
-    @property
-    def success(self) -> list[bool] | None:
-        """Whether each task succeeded."""
-        return self._list(
-            "success", lambda store: [state == SUCCEEDED for state in store.state])
-
-    @success.setter
-    def success(self, value: list[bool] | None) -> None:
-        self._lists["success"] = value
-
-    @property
-    def skipped(self) -> list[bool] | None:
-        """Whether each task never ran because the run stopped early (die, Ctrl-C, callback)."""
-        return self._list(
-            "skipped", lambda store: [state == CANCELLED for state in store.state])
-
-    @skipped.setter
-    def skipped(self, value: list[bool] | None) -> None:
-        self._lists["skipped"] = value
-
-    @property
-    def exceptions(self) -> list[BaseException | None] | None:
-        """What each task raised (or what stopped it: a crash, a timeout), else None."""
-        return self._list(
-            "exceptions", lambda store: [store.exception(i) for i in range(store.njobs)])
-
-    @exceptions.setter
-    def exceptions(self, value: list[BaseException | None] | None) -> None:
-        self._lists["exceptions"] = value
-
-    @property
-    def stdout(self) -> list[str] | None:
-        """What each task printed to stdout, with ``capture=True``; ``''`` for every task
-        without it (as in sciris); None before a run."""
-        def build(store: ResultStore) -> list[str]:
-            return [""] * store.njobs if store.stdout is None else list(store.stdout)
-
-        return self._list("stdout", build)
-
-    @stdout.setter
-    def stdout(self, value: list[str] | None) -> None:
-        self._lists["stdout"] = value
-
-    @property
-    def kwargs(self) -> Mapping[str, Any]:
-        """The keyword arguments every task gets: ``kwargs`` merged with ``**func_kwargs``."""
-        return self._plan.payload.kwargs
 
     @property
     def running(self) -> bool:
@@ -614,8 +265,7 @@ class Parallel:
         if getattr(self, "_status", _NOT_RUN) != _RUNNING:
             return False
         # A background run has ended when its thread has, even before finalize() gathers it.
-        thread = self._thread
-        return thread is None or thread.is_alive()
+        return self._background is None or self._background.alive()
 
     @property
     def ready(self) -> bool:
@@ -671,6 +321,18 @@ class Parallel:
 
     # -- reporting (parallel_jobs.report does the work) -----------------------------------------
 
+    def _record(self) -> RunRecord:
+        if not self.ready:
+            msg = f"no finished run to report on (status {self.status!r}); call run() first"
+            raise RuntimeError(msg)
+        return RunRecord(
+            label=self.label, method=self.method, njobs=self.njobs or 0, ncpus=self.ncpus,
+            started=self.times["started"], elapsed=float(self.times["elapsed"]),
+            task_results=self.task_results, load_samples=self.load_samples,
+            workers_replaced=self.workers_replaced, memory_limits_hit=self.memory_limits_hit,
+            task=self._plan.task,
+        )
+
     def summary(self, slowest: int = 5) -> dict[str, Any]:
         """Where the time went, as a plain dict: counts, elapsed, CPU, efficiency, memory, the
         slowest tasks, the failures and each worker's busy time.
@@ -680,16 +342,12 @@ class Parallel:
             >>> P.summary()["succeeded"]
             2
         """
-        from .report import summarize
-
-        return summarize(self, slowest)
+        return summarize(self._record(), slowest)
 
     def report(self, console: Any = None, slowest: int = 5) -> None:
         """Print :meth:`summary` as tables on ``console`` (a ``rich.console.Console``, stdout
         by default)."""
-        from .report import print_report
-
-        print_report(self, console, slowest)
+        print_report(self._record(), console, slowest)
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per task (status, value, error, times, CPU, memory, pid, attempts), ready
@@ -700,9 +358,7 @@ class Parallel:
             >>> [(r["index"], r["status"]) for r in P.to_records()]
             [(0, 'succeeded'), (1, 'succeeded')]
         """
-        from .report import to_records
-
-        return to_records(self)
+        return to_records(self._record())
 
     def plot_timeline(self, path: Any = None) -> Any:
         """Draw each worker's tasks over time with the machine's load underneath; return the
@@ -714,51 +370,9 @@ class Parallel:
             >>> len(figure.axes)
             2
         """
-        from .report import plot_timeline
-
-        return plot_timeline(self, path)
+        return plot_timeline(self._record(), path)
 
     # -- running ---------------------------------------------------------------------------------
-
-    def _make_runner(self, store: OutcomeStore | None = None,
-                     source: TaskSource | None = None) -> Runner:
-        options = BackendOptions(
-            ncpus=self.ncpus, timeout=self.timeout, start_method=self.start_method,
-            copy=self.choice.copy, njobs=self.njobs or 0,  # a stream's size is unknown: 0
-        )
-        backend = self.choice.build(options)
-        limited = self.maxcpu is not None or self.maxmem is not None
-        interval = self.interval or 1.0
-        if self.keep_records or limited:
-            monitor: LoadMonitor = LoadMonitor(interval)
-        elif self.progress:
-            # The bar alone shows the load once the run has lasted MONITOR_DELAY.
-            monitor = LoadMonitor(interval, eager=False)
-        else:
-            monitor = NullMonitor()  # nobody would see the load: no psutil, no samples
-        gate = None
-        if limited:
-            gate = LoadGate(monitor, self.maxcpu, self.maxmem, self.interval or 0.5)
-        if store is None:
-            if self.njobs is None:
-                msg = "this Parallel reads its input as a stream: iterate over imap() instead"
-                raise TypeError(msg)
-            store = self._store = ResultStore(self.njobs, self.retries, self.keep_records,
-                                              self.capture)
-        checkpoint = None
-        if self.checkpoint is not None:
-            # Last, so that nothing after it can fail and leave the file locked.
-            from .engine.checkpoint import Checkpoint  # only when asked for: see load_checkpoint
-
-            checkpoint = Checkpoint.open(self.checkpoint, self._plan.payload,
-                                         rerun_failed=self.rerun_failed)
-        return Runner(
-            self._plan, backend, store, monitor=monitor, gate=gate,
-            reporter=make_reporter(self.progress, self.label), die=self.die,
-            retries=self.retries, chunksize=self.chunksize, callback=self.callback,
-            ncpus=self.ncpus, capture=self.capture, worker=self._worker_options,
-            checkpoint=checkpoint, source=source,
-        )
 
     def _begin(self, store: OutcomeStore | None = None,
                source: TaskSource | None = None) -> Runner:
@@ -766,7 +380,13 @@ class Parallel:
             msg = "this Parallel is already running; call finalize() before running it again"
             raise RuntimeError(msg)
         self.reset()
-        self._runner = self._make_runner(store, source)
+        if store is None:
+            if self.njobs is None:
+                msg = "this Parallel reads its input as a stream: iterate over imap() instead"
+                raise TypeError(msg)
+            store = self._store = ResultStore(self.njobs, self.retries, self.keep_records,
+                                              self.capture)
+        self._runner = Runner.from_config(self._config, self._plan, store, source)
         self._status = _RUNNING
         self.times["started"] = datetime.datetime.now()
         self._t0 = time.perf_counter()
@@ -783,11 +403,11 @@ class Parallel:
                 SIGTERM has no handler of the caller's), once the workers are stopped, as an
                 unhandled SIGTERM ends a process with that status.
         """
-        if self.choice.is_async:
+        if self.is_async:
             self.run_async()
             return self.finalize()
         runner = self._begin()
-        with _RunSignals():
+        with RunSignals():
             try:
                 runner.run()
             finally:
@@ -818,8 +438,8 @@ class Parallel:
             >>> [(r.index, r.value) for r in P.imap(records=True)]
             [(0, 1), (1, 2), (2, 3)]
         """
-        ordered = _flag(ordered, "ordered")
-        records = _flag(records, "records")
+        ordered = flag(ordered, "ordered")
+        records = flag(records, "records")
         if self.running:
             msg = "this Parallel is already running; call finalize() before running it again"
             raise RuntimeError(msg)
@@ -836,59 +456,27 @@ class Parallel:
         runner = self._begin(store, source)
         steps = runner.iterate()
         try:
-            with _RunSignals():
+            with RunSignals():
                 for _ in steps:
                     yield from store.ready()
                 yield from store.ready(final=True)
         finally:
             steps.close()  # stops and cleans up a run whose caller stopped iterating
-            self.times["finished"] = datetime.datetime.now()
-            self.times["elapsed"] = time.perf_counter() - self._t0
-            self.globaldict = runner.globaldict
-            self.load_samples = list(runner.monitor.samples)
-            self._status = _DONE
+            self._end(runner.outcome)
 
     def run_async(self) -> Parallel:
         """Start the run in the background and return at once; see :meth:`monitor` and
         :meth:`finalize`."""
-        runner = self._begin()
-        finished = self._finished = threading.Event()
-
-        def target() -> None:
-            try:
-                runner.run()
-            except BaseException as exc:
-                self._error = exc
-            finally:
-                finished.set()
-
-        self._thread = threading.Thread(target=target, name="parallel_jobs-runner", daemon=True)
-        self._thread.start()
+        self._background = BackgroundRun(self._begin())
         return self
 
     def monitor(self, interval: float = 0.1) -> None:
         """Show a progress bar for a background run until it finishes (then call finalize)."""
-        if self._thread is None:
+        if self._background is None:
             return
-        store, runner = self._store, self._runner
-        assert store is not None
-        assert runner is not None
+        assert self._store is not None
         # With progress=True the run already draws this bar; a second one would garble both.
-        reporter = make_reporter(not self.progress, self.label)
-        reporter.start(self.njobs)
-        thread = self._thread
-        try:
-            # Update once more after the run ends, so a run that ended first still shows done.
-            running = True
-            while running:
-                thread.join(interval)
-                running = thread.is_alive()
-                reporter.update(store.done, store.failed, runner.monitor.latest)
-        except KeyboardInterrupt:
-            self._stop_background()
-            raise
-        finally:
-            reporter.stop()
+        self._background.show(self._store, self.label, interval, draw=not self.progress)
 
     def stop(self) -> None:
         """Start no further tasks of a background run; tasks already running finish.
@@ -909,12 +497,13 @@ class Parallel:
         error with ``die=True`` is raised). Idle workers kept between spawn/forkserver runs
         serve every run, not this one: :func:`~parallel_jobs.release_workers` stops them.
         """
-        if self._thread is None:
+        background = self._background
+        if background is None:
             return
-        if not self._finished.is_set():
-            self._stop_background()
-            if isinstance(self._error, KeyboardInterrupt):
-                self._error = None  # the interrupt this very call asked for
+        if not background.finished.is_set():
+            background.stop_now()
+            if isinstance(background.error, KeyboardInterrupt):
+                background.error = None  # the interrupt this very call asked for
         self.finalize()
 
     def finalize(self) -> Parallel:
@@ -924,55 +513,42 @@ class Parallel:
             KeyboardInterrupt: on Ctrl-C, once the background run and its workers are stopped.
             SystemExit: with status 143 on SIGTERM, likewise (see :meth:`run`).
         """
-        if self._thread is not None:
-            thread, self._thread = self._thread, None
-            # Handled from the first line: a second Ctrl-C right after the first must find
-            # the handler that holds it back while the run stops.
-            with _RunSignals():
-                try:
-                    while thread.is_alive():
-                        thread.join(0.1)
-                except KeyboardInterrupt:
-                    self._stop_background()
-                    self._error = None  # the caller gets this very interrupt
-                    raise
-                finally:
-                    # The run's own signal that it ended, not the thread's: after Ctrl-C, the
-                    # thread may still be finishing its last lines when the run is over.
-                    if self._finished.is_set():
-                        self._complete()
-                    else:
-                        self._thread = thread
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
+        background = self._background
+        if background is None:
+            return self
+        try:
+            background.wait()
+        finally:
+            if background.finished.is_set():
+                self._background = None
+                self._complete()
+        error, background.error = background.error, None
+        if error is not None:
+            raise error
         return self
 
-    def _stop_background(self) -> None:
-        """On Ctrl-C while waiting for a background run, stop the run too: otherwise its
-        workers would go on, and the interpreter's exit would wait for them. A second Ctrl-C
-        meanwhile waits until the workers are stopped (see :class:`_RunSignals`; finalize()
-        holds it back already, monitor() from here on)."""
-        assert self._runner is not None
-        with _RunSignals(shield=True):
-            self._runner.interrupt()
-            self._finished.wait(10.0)  # stopping takes milliseconds; never hang on a backend
+    def _end(self, outcome: RunOutcome | None) -> None:
+        self.times["finished"] = datetime.datetime.now()
+        self.times["elapsed"] = time.perf_counter() - self._t0
+        self._take(outcome)
+        self._status = _DONE
+
+    def _take(self, outcome: RunOutcome | None) -> None:
+        """Keep what a run left besides its tasks' outcomes (nothing: before a run)."""
+        self.globaldict = None if outcome is None else outcome.globaldict
+        self.load_samples = [] if outcome is None else outcome.load_samples
+        self.workers_replaced = [] if outcome is None else outcome.workers_replaced
+        self.memory_limits_hit = 0 if outcome is None else outcome.memory_limits_hit
 
     def _complete(self) -> None:
         """Turn the store into results, success, exceptions and times."""
         store, runner = self._store, self._runner
         assert store is not None
         assert runner is not None
-        finished = datetime.datetime.now()
-        self.times["finished"] = finished
-        self.times["elapsed"] = time.perf_counter() - self._t0
+        self._end(runner.outcome)
         if self.keep_records:
             self.times.defer("jobs", lambda: list(store.elapsed))
-        self.globaldict = runner.globaldict
-        self.load_samples = list(runner.monitor.samples)
-        self.workers_replaced = list(runner.backend.replaced)
-        self.memory_limits_hit = runner.backend.memory_limits_hit
-        self._status = _DONE
+        self._task_lists = TaskLists(store)
         ran = store.njobs - store.cancelled
         succeeded = store.succeeded
         if not self.die and succeeded < ran:
@@ -995,117 +571,6 @@ def _user_stacklevel() -> int:
         frame = frame.f_back
         level += 1
     return level
-
-
-def _checkpoint_path(path: Any) -> str | None:
-    """``checkpoint`` as a path string, or None."""
-    if path is None:
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        msg = f"checkpoint must be a file path (str or os.PathLike), not {type(path).__name__}"
-        raise TypeError(msg)
-    name = os.fspath(path)
-    if not isinstance(name, str) or not name:
-        msg = f"checkpoint must be a non-empty text path, not {path!r}"
-        raise TypeError(msg)
-    return name
-
-
-def _check_iterkwargs(iterkwargs: Any) -> tuple[Any, int]:
-    """Validate ``iterkwargs``; return it in indexable form and the number of tasks."""
-    if isinstance(iterkwargs, Mapping):
-        if not iterkwargs:
-            return {}, 0
-        columns: dict[str, Sequence[Any]] = {}
-        lengths = set()
-        for key, values in iterkwargs.items():
-            if not isinstance(key, str):
-                msg = f"iterkwargs keys must be argument names (str), not {key!r}"
-                raise TypeError(msg)
-            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-                msg = (
-                    f"iterkwargs[{key!r}] must be an iterable of per-task values, not "
-                    f"{type(values).__name__}"
-                )
-                raise TypeError(msg)
-            columns[key] = _indexable(values, f"iterkwargs[{key!r}]")
-            lengths.add(len(columns[key]))
-        if len(lengths) > 1:
-            sizes = {key: len(values) for key, values in columns.items()}
-            msg = f"every iterkwargs entry must have the same length, not {sizes}"
-            raise ValueError(msg)
-        return columns, lengths.pop()
-    if isinstance(iterkwargs, (list, tuple)):
-        for position, item in enumerate(iterkwargs):
-            if not isinstance(item, Mapping):
-                msg = (
-                    f"iterkwargs[{position}] must be a dict of keyword arguments, not "
-                    f"{type(item).__name__}"
-                )
-                raise TypeError(msg)
-        return list(iterkwargs), len(iterkwargs)
-    msg = (
-        "iterkwargs must be a dict of equal-length iterables or a list of dicts, not "
-        f"{type(iterkwargs).__name__}"
-    )
-    raise TypeError(msg)
-
-
-class _RunSignals:
-    """How Ctrl-C and SIGTERM end a run in the main thread (elsewhere, Python delivers neither).
-
-    The first SIGINT or SIGTERM raises KeyboardInterrupt, which stops the run: the workers are
-    killed and shared memory is released as the exception unwinds. Signals that follow (a
-    second Ctrl-C, a wrapper such as ``uv run`` forwarding the terminal's) are only noted, so
-    that they cannot cut that cleanup short and leave workers running: the run is ending
-    anyway. A SIGTERM, first or later, becomes ``SystemExit(143)`` once the run is stopped: the
-    shell sees the status of a process that SIGTERM ended, and the caller's ``finally`` blocks
-    and exit handlers still run. A signal with a handler of the caller's is left to it.
-
-    ``shield=True`` only holds signals back, and delivers the first again at the end (while
-    :meth:`Parallel.monitor` stops a background run).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, shield: bool = False) -> None:
-        self.shield = shield
-        self.owner = os.getpid()
-        self.previous: dict[int, Any] = {}
-        self.received: list[int] = []
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-        for signum in self.SIGNALS:
-            handler = signal.getsignal(signum)
-            if handler is defaults[signum]:
-                self.previous[signum] = signal.signal(signum, self._on)
-
-    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        if self.shield:
-            if self.received:
-                # Delivered again now that the handlers of the run are back in place.
-                signal.raise_signal(self.received[0])
-            return
-        if signal.SIGTERM in self.received:
-            raise SystemExit(128 + signal.SIGTERM)
-        if self.received and kind is None:
-            raise KeyboardInterrupt(f"received signal {self.received[0]}")
-
-    def _on(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.owner:
-            # A worker forked during the run inherited this handler: it must die of the signal
-            # as a worker does, not raise KeyboardInterrupt inside its task.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.received.append(signum)
-        if len(self.received) == 1 and not self.shield:
-            raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def parallelize(
@@ -1232,38 +697,10 @@ def imap(
     func: Callable[..., Any],
     iterarg: Any = None,
     iterkwargs: Any = None,
-    args: Any = None,
-    kwargs: Mapping[str, Any] | None = None,
-    ncpus: float | None = None,
-    maxcpu: float | None = None,
-    maxmem: float | None = None,
-    interval: float | None = None,
-    parallelizer: str | Callable[..., Any] | None = None,
-    serial: bool = False,
-    progress: bool = False,
-    callback: Callable[[dict[str, Any]], Any] | None = None,
-    globaldict: Mapping[str, Any] | None = None,
-    capture: bool = False,
-    die: bool = True,
-    lbkwargs: Mapping[str, Any] | None = None,
-    start_method: str | None = None,
     *,
-    label: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    chunksize: int | None = None,
-    keep_records: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-    rerun_failed: bool = True,
-    initializer: Callable[..., Any] | None = None,
-    initargs: Sequence[Any] = (),
-    max_tasks_per_worker: int | None = None,
-    max_worker_memory: int | str | None = None,
-    task_memory_limit: int | str | None = None,
-    threads_per_worker: int | str | None = "auto",
     ordered: bool = True,
     records: bool = False,
-    **func_kwargs: Any,
+    **options: Any,
 ) -> Iterator[Any]:
     """Call ``func`` once per input, in parallel, yielding each result as it may be.
 
@@ -1274,9 +711,6 @@ def imap(
     length. Callbacks see ``njobs`` None, and a progress bar shows no total. Breaking out of
     the loop or closing the generator stops the run at once and leaves nothing behind.
 
-    Every argument but ``ordered`` and ``records`` means what it means for
-    :func:`parallelize`.
-
     Args:
         func: the function to run.
         iterarg: the per-task values: any iterable, read lazily (or a count of calls).
@@ -1284,6 +718,9 @@ def imap(
             read lazily.
         ordered: yield in input order; False yields in completion order.
         records: yield a :class:`~parallel_jobs.TaskResult` per task instead of its result.
+        **options: the options of :func:`parallelize` (``ncpus``, ``die``, ``timeout``, ...),
+            and ``label``, by keyword; ``keep_records`` is False unless given. Any other
+            keyword goes to ``func``, as in :func:`parallelize`.
 
     Returns:
         A generator of results (or TaskResults); a failed task's result is its exception
@@ -1296,15 +733,8 @@ def imap(
         [2, 1, 0, 1]
         >>> squares.close()  # stops the run
     """
-    parallel = Parallel(
-        func, _streamed(iterarg), _streamed(iterkwargs), args, kwargs, ncpus, maxcpu, maxmem,
-        interval, parallelizer, serial, progress, callback, globaldict, label, capture, die,
-        lbkwargs, start_method, timeout=timeout, retries=retries, chunksize=chunksize,
-        keep_records=keep_records, checkpoint=checkpoint, rerun_failed=rerun_failed,
-        initializer=initializer, initargs=initargs, max_tasks_per_worker=max_tasks_per_worker,
-        max_worker_memory=max_worker_memory, task_memory_limit=task_memory_limit,
-        threads_per_worker=threads_per_worker, **func_kwargs,
-    )
+    options.setdefault("keep_records", False)
+    parallel = Parallel(func, _streamed(iterarg), _streamed(iterkwargs), **options)
     return parallel.imap(ordered, records)
 
 
@@ -1338,12 +768,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> list[TaskResult]:
 
 def _streamed(values: Any) -> Any:
     """``values`` marked to be read lazily; a count of calls stays a count, and None None."""
-    if values is None or (isinstance(values, Integral) and not isinstance(values, bool)):
+    if values is None or is_count(values):
         return values
     return Stream(values)
-
-
-#: The options of :class:`Parallel` and :func:`parallelize`, for "did you mean" hints.
-OPTION_NAMES = tuple(
-    name for name in inspect.signature(Parallel).parameters if name not in ("func", "func_kwargs")
-)

@@ -1,27 +1,30 @@
 """Where did the time go? Summaries, tables, records and a timeline of a finished run.
 
-Everything here reads a finished :class:`~parallel_jobs.Parallel` (its ``task_results``,
-``load_samples`` and ``times``) and changes nothing: :func:`summarize` condenses it into a plain
-dict, :func:`print_report` prints that dict as rich tables, :func:`to_records` gives one dict per
-task for ``pandas.DataFrame``, and :func:`plot_timeline` draws each worker's tasks over time with
-the machine's load underneath. matplotlib is imported only by :func:`plot_timeline`.
+Everything here reads a :class:`RunRecord` of a finished run (its task results, load samples
+and times, which ``Parallel`` hands over) and changes nothing: :func:`summarize` condenses it
+into a plain dict, :func:`print_report` prints that dict as rich tables, :func:`to_records`
+gives one dict per task for ``pandas.DataFrame``, and :func:`plot_timeline` draws each
+worker's tasks over time with the machine's load underneath. matplotlib is imported only by
+:func:`plot_timeline`.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
 
 from .engine.monitor import LoadSample
 from .errors import TaskTimeoutError, WorkerCrashedError, exception_text
-from .records import TaskResult, shorten
+from .records import Task, TaskResult, shorten
 
-if TYPE_CHECKING:
-    from .api import Parallel
-
-__all__ = ["plot_timeline", "print_report", "require_matplotlib", "summarize", "to_records"]
+__all__ = [
+    "RunRecord", "plot_timeline", "print_report", "require_matplotlib", "summarize",
+    "to_records",
+]
 
 PLOT_INSTALL_HINT = (
     "plot_timeline needs matplotlib: pip install matplotlib "
@@ -38,21 +41,44 @@ their own tasks before the report advises on task size. Idle time before a worke
 fewer, larger tasks would not remove it, and would lengthen the tail."""
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class RunRecord:
+    """What the report reads of a finished run.
 
-def _finished_run(parallel: Parallel) -> list[TaskResult]:
-    if not parallel.ready:
-        msg = f"no finished run to report on (status {parallel.status!r}); call run() first"
-        raise RuntimeError(msg)
-    return parallel.task_results
+    Attributes:
+        label: the run's name, or None.
+        method: the backend ('multiprocess', 'thread', ...).
+        njobs: the number of tasks.
+        ncpus: how many tasks ran at once.
+        started: when the run started.
+        elapsed: the run's seconds.
+        task_results: one TaskResult per task, in input order.
+        load_samples: the machine's load sampled during the run.
+        workers_replaced: (pid, reason) of each worker replaced by a health option.
+        memory_limits_hit: how many tasks were killed for breaking ``task_memory_limit``.
+        task: the Task record of a task index (its own values, for the tables).
+    """
+
+    label: str | None
+    method: str
+    njobs: int
+    ncpus: int
+    started: datetime.datetime
+    elapsed: float
+    task_results: list[TaskResult]
+    load_samples: Sequence[LoadSample]
+    workers_replaced: Sequence[tuple[int, str]]
+    memory_limits_hit: int
+    task: Callable[[int], Task]
 
 
 _MOST_ARGUMENT_CHARS = 80
 
 
-def _arguments(parallel: Parallel, index: int) -> str:
+def _arguments(run: RunRecord, index: int) -> str:
     """The task's own arguments, shortened for a table: ``x=3, y=4`` or ``5``; each value to
     about 60 characters, and all of them to 80."""
-    return shorten(parallel._plan.task(index), 60, 6, _MOST_ARGUMENT_CHARS)
+    return shorten(run.task(index), 60, 6, _MOST_ARGUMENT_CHARS)
 
 
 def _worker_lanes(results: Sequence[TaskResult]) -> dict[int, list[TaskResult]]:
@@ -124,7 +150,7 @@ def _worker_notes(lanes: dict[int, list[TaskResult]], ncpus: int,
     return {pid: "; ".join(parts) for pid, parts in notes.items() if parts}
 
 
-def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
+def summarize(run: RunRecord, slowest: int = 5) -> dict[str, Any]:
     """Condense a finished run into a plain dict.
 
     Efficiency compares what the workers did with what they could have done in the run's
@@ -132,7 +158,7 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
     ``cpu_efficiency`` the CPU seconds those tasks used (low when tasks wait on I/O or sleep).
 
     Args:
-        parallel: a Parallel that has run.
+        run: the record of a finished run.
         slowest: how many of the slowest tasks to list.
 
     Returns:
@@ -150,46 +176,27 @@ def summarize(parallel: Parallel, slowest: int = 5) -> dict[str, Any]:
         ``task_memory_limit``).
         ``arguments`` are the task's own values, shortened to about 60 characters each.
 
-    Raises:
-        RuntimeError: if the Parallel has not finished a run.
-
     Examples:
         >>> from parallel_jobs import Parallel
         >>> P = Parallel(abs, [-1, 2, -3], parallelizer="serial").run()
-        >>> info = P.summary()
+        >>> info = P.summary()  # summarize(the record of P's run)
         >>> info["njobs"], info["succeeded"], info["failed"], len(info["workers"])
         (3, 3, 0, 1)
     """
-    return _summarize(parallel, _finished_run(parallel), slowest)
-
-
-def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> dict[str, Any]:
+    results = run.task_results
     ran = [r for r in results if r.attempts]
-    elapsed = float(parallel.times["elapsed"])
+    elapsed = run.elapsed
     busy = sum(r.elapsed for r in ran)
     cpu = sum(r.cpu_time for r in ran)
-    capacity = elapsed * parallel.ncpus
-    samples = parallel.load_samples
+    capacity = elapsed * run.ncpus
+    samples = run.load_samples
     failed = [r for r in results if r.exception is not None]
     lanes = _worker_lanes(results)
-    notes = _worker_notes(lanes, parallel.ncpus, dict(parallel.workers_replaced))
-    workers = []
-    for pid, lane in lanes.items():
-        lane_busy = sum(r.elapsed for r in lane)
-        workers.append({
-            "pid": pid,
-            "tasks": len(lane),
-            "busy": lane_busy,
-            "cpu_time": sum(r.cpu_time for r in lane),
-            "peak_rss": max(r.peak_rss for r in lane),
-            "busy_fraction": lane_busy / elapsed if elapsed > 0 else 0.0,
-            "note": notes.get(pid, ""),
-        })
     return {
-        "label": parallel.label,
-        "method": parallel.method,
-        "njobs": parallel.njobs,
-        "ncpus": parallel.ncpus,
+        "label": run.label,
+        "method": run.method,
+        "njobs": run.njobs,
+        "ncpus": run.ncpus,
         "succeeded": sum(r.success for r in results),
         "failed": len(failed),
         "not_run": len(results) - len(ran),
@@ -203,29 +210,40 @@ def _summarize(parallel: Parallel, results: list[TaskResult], slowest: int) -> d
         "peak_cpu": max((s.cpu for s in samples), default=None),
         "peak_memory": max((s.memory for s in samples), default=None),
         "slowest": [
-            {
-                "index": r.index,
-                "elapsed": r.elapsed,
-                "cpu_time": r.cpu_time,
-                "peak_rss": r.peak_rss,
-                "arguments": _arguments(parallel, r.index),
-            }
+            {"index": r.index, "elapsed": r.elapsed, "cpu_time": r.cpu_time,
+             "peak_rss": r.peak_rss, "arguments": _arguments(run, r.index)}
             for r in sorted(ran, key=lambda r: r.elapsed, reverse=True)[:slowest]
         ],
         "failures": [
-            {
-                "index": r.index,
-                "type": type(r.exception).__name__,
-                "message": "" if r.exception is None else exception_text(r.exception),
-                "attempts": r.attempts,
-                "arguments": _arguments(parallel, r.index),
-            }
+            {"index": r.index, "type": type(r.exception).__name__,
+             "message": "" if r.exception is None else exception_text(r.exception),
+             "attempts": r.attempts, "arguments": _arguments(run, r.index)}
             for r in failed
         ],
-        "workers": workers,
-        "workers_replaced": list(parallel.workers_replaced),
-        "memory_limits_hit": parallel.memory_limits_hit,
+        "workers": _workers(lanes, run),
+        "workers_replaced": list(run.workers_replaced),
+        "memory_limits_hit": run.memory_limits_hit,
     }
+
+
+def _workers(lanes: dict[int, list[TaskResult]], run: RunRecord) -> list[dict[str, Any]]:
+    """The ``workers`` rows of :func:`summarize`: what each process did, and how it ended."""
+    notes = _worker_notes(lanes, run.ncpus, dict(run.workers_replaced))
+    workers = []
+    for pid, lane in lanes.items():
+        lane_busy = sum(r.elapsed for r in lane)
+        workers.append({
+            "pid": pid,
+            "tasks": len(lane),
+            "busy": lane_busy,
+            "cpu_time": sum(r.cpu_time for r in lane),
+            "peak_rss": max(r.peak_rss for r in lane),
+            "busy_fraction": lane_busy / run.elapsed if run.elapsed > 0 else 0.0,
+            "note": notes.get(pid, ""),
+        })
+    return workers
+
+
 
 
 def _seconds(seconds: float) -> str:
@@ -245,7 +263,7 @@ def _percent(fraction: float | None) -> str:
     return "--" if fraction is None else f"{fraction:.0%}"
 
 
-def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> None:
+def print_report(run: RunRecord, console: Any = None, slowest: int = 5) -> None:
     """Print :func:`summarize` as rich tables: the run, its slowest tasks, failures, workers.
 
     Below them comes advice on task size when it can matter: when a run of at least
@@ -253,7 +271,7 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
     ``ADVICE_MIN_WAITING`` of their time.
 
     Args:
-        parallel: a Parallel that has run.
+        run: the record of a finished run.
         console: a ``rich.console.Console`` to print on; stdout by default.
         slowest: how many of the slowest tasks to list.
 
@@ -262,17 +280,29 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
         >>> from rich.console import Console
         >>> from parallel_jobs import Parallel
         >>> console = Console(file=io.StringIO(), width=100)
-        >>> print_report(Parallel(abs, [-1, 2], parallelizer="serial").run(), console)
+        >>> Parallel(abs, [-1, 2], parallelizer="serial").run().report(console)
         >>> "2 of 2" in console.file.getvalue()
         True
     """
     from rich.console import Console
-    from rich.markup import escape
+
+    info = summarize(run, slowest)
+    console = console if console is not None else Console()
+    console.print(_overview_table(info))
+    if info["slowest"]:
+        console.print(_slowest_table(info["slowest"]))
+    if info["failures"]:
+        console.print(_failures_table(info["failures"]))
+    console.print(_workers_table(info["workers"]))
+    advice = _advice(info)
+    if advice:
+        console.print(advice)
+
+
+def _overview_table(info: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    info = summarize(parallel, slowest)
-    console = console if console is not None else Console()
     title = f"{info['label']}: " if info["label"] else ""
     # A Text, not a str: the label is the user's, never rich markup ("fit [1/3]").
     overview = Table(title=Text(f"{title}{info['njobs']} tasks on {info['ncpus']} workers"),
@@ -299,42 +329,51 @@ def print_report(parallel: Parallel, console: Any = None, slowest: int = 5) -> N
     ]
     for key, value in rows:
         overview.add_row(key, value)
-    console.print(overview)
+    return overview
 
-    if info["slowest"]:
-        table = Table(title="slowest tasks")
-        for column in ("task", "time", "CPU time", "peak RSS"):
-            table.add_column(column, justify="right")
-        table.add_column("arguments")
-        for row in info["slowest"]:
-            table.add_row(str(row["index"]), _seconds(row["elapsed"]), _seconds(row["cpu_time"]),
-                          _mib(row["peak_rss"]), escape(row["arguments"]))
-        console.print(table)
 
-    if info["failures"]:
-        table = Table(title="failures", title_style="bold red")
-        for column in ("task", "arguments", "error", "message", "attempts"):
-            table.add_column(column, justify="right" if column in ("task", "attempts") else "left")
-        for row in info["failures"]:
-            table.add_row(str(row["index"]), escape(row["arguments"]), row["type"],
-                          escape(row["message"]), str(row["attempts"]))
-        console.print(table)
+def _slowest_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
 
-    noted = any(row["note"] for row in info["workers"])
+    table = Table(title="slowest tasks")
+    for column in ("task", "time", "CPU time", "peak RSS"):
+        table.add_column(column, justify="right")
+    table.add_column("arguments")
+    for row in rows:
+        table.add_row(str(row["index"]), _seconds(row["elapsed"]), _seconds(row["cpu_time"]),
+                      _mib(row["peak_rss"]), escape(row["arguments"]))
+    return table
+
+
+def _failures_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="failures", title_style="bold red")
+    for column in ("task", "arguments", "error", "message", "attempts"):
+        table.add_column(column, justify="right" if column in ("task", "attempts") else "left")
+    for row in rows:
+        table.add_row(str(row["index"]), escape(row["arguments"]), row["type"],
+                      escape(row["message"]), str(row["attempts"]))
+    return table
+
+
+def _workers_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    noted = any(row["note"] for row in rows)
     table = Table(title="workers")
     for column in ("pid", "tasks", "busy time", "busy", "CPU time", "peak RSS"):
         table.add_column(column, justify="right")
     if noted:
         table.add_column("note")
-    for row in info["workers"]:
+    for row in rows:
         cells = [str(row["pid"]), str(row["tasks"]), _seconds(row["busy"]),
                  _percent(row["busy_fraction"]), _seconds(row["cpu_time"]),
                  _mib(row["peak_rss"])]
         table.add_row(*cells, *([row["note"]] if noted else []))
-    console.print(table)
-    advice = _advice(info)
-    if advice:
-        console.print(advice)
+    return table
 
 
 def _advice(info: dict[str, Any]) -> str:
@@ -357,7 +396,7 @@ def _moment(seconds: float) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(seconds) if seconds else None
 
 
-def to_records(parallel: Parallel) -> list[dict[str, Any]]:
+def to_records(run: RunRecord) -> list[dict[str, Any]]:
     """One dict per task, in input order, ready for ``pandas.DataFrame``.
 
     Keys: ``index``, ``status`` ('succeeded', 'failed' or 'not run'), ``value``, ``error``
@@ -371,7 +410,7 @@ def to_records(parallel: Parallel) -> list[dict[str, Any]]:
         [(0, 'succeeded', 1), (1, 'succeeded', 2)]
     """
     records = []
-    for r in _finished_run(parallel):
+    for r in run.task_results:
         if r.success:
             status = "succeeded"
         elif r.exception is not None:
@@ -409,11 +448,11 @@ def require_matplotlib() -> None:
         raise ImportError(PLOT_INSTALL_HINT) from exc
 
 
-def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
+def plot_timeline(run: RunRecord, path: Any = None) -> Any:
     """Draw each worker's tasks over time, failed ones marked, with the machine's load below.
 
     Args:
-        parallel: a Parallel that has run.
+        run: the record of a finished run.
         path: where to save a PNG of the figure, or None.
 
     Returns:
@@ -421,21 +460,20 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
 
     Raises:
         ImportError: without matplotlib (the ``plot`` extra).
-        RuntimeError: if the Parallel has not finished a run.
 
     Examples:
         >>> from parallel_jobs import Parallel
-        >>> figure = plot_timeline(Parallel(abs, [-1, 2], parallelizer="serial").run())
+        >>> figure = Parallel(abs, [-1, 2], parallelizer="serial").run().plot_timeline()
         >>> [axes.get_ylabel() for axes in figure.axes]
         ['worker', 'machine load %']
     """
-    results = _finished_run(parallel)
+    results = run.task_results
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    origin = parallel.times["started"].timestamp()
+    origin = run.started.timestamp()
     lanes = _worker_lanes(results)
     # A Figure with its own Agg canvas touches no global pyplot state and needs no display.
     figure = Figure(figsize=(10, 1.6 + 0.45 * max(len(lanes), 1) + 1.8), layout="constrained")
@@ -444,7 +482,7 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
         2, 1, sharex=True, gridspec_kw={"height_ratios": [max(len(lanes), 1) + 1, 2]}
     )
     ok_colour, failed_colour = "#4c72b0", "#c44e52"
-    elapsed = float(parallel.times["elapsed"])
+    elapsed = run.elapsed
     for lane_number, lane in enumerate(lanes.values()):
         for colour, wanted in ((ok_colour, True), (failed_colour, False)):
             spans = _merge([(r.started - origin, r.elapsed) for r in lane if r.success is wanted],
@@ -466,14 +504,14 @@ def plot_timeline(parallel: Parallel, path: Any = None) -> Any:
                  Patch(facecolor=failed_colour, hatch="xx", label="failed")],
         loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small",
     )
-    label = f"{parallel.label}: " if parallel.label else ""
-    summary = _summarize(parallel, results, slowest=0)
+    label = f"{run.label}: " if run.label else ""
+    summary = summarize(run, slowest=0)
     tasks_ax.set_title(
-        f"{label}{parallel.njobs} tasks on {parallel.ncpus} workers ({parallel.method}), "
+        f"{label}{run.njobs} tasks on {run.ncpus} workers ({run.method}), "
         f"{elapsed:.2f} s, {summary['failed']} failed, "
         f"busy {summary['busy_efficiency']:.0%}"
     )
-    _plot_load(load_ax, parallel.load_samples, origin)
+    _plot_load(load_ax, run.load_samples, origin)
     load_ax.set_xlabel("seconds since the run started")
     load_ax.set_xlim(left=0, right=max(elapsed, 1e-3))
     if path is not None:

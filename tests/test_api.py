@@ -5,6 +5,7 @@ The six examples of the sciris documentation come first, written as they are the
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import multiprocessing as mp
@@ -689,8 +690,8 @@ def test_close_without_a_background_run_does_nothing() -> None:
 @pytest.mark.timeout(30)
 def test_close_after_a_background_run_ended_gathers_it() -> None:
     P = Parallel(jobs.square, [1, 2], ncpus=2).run_async()
-    assert P._thread is not None
-    P._thread.join()
+    assert P._background is not None
+    P._background.thread.join()
     P.close()
     assert (P.status, P.results) == ("done", [1, 4])
 
@@ -698,8 +699,8 @@ def test_close_after_a_background_run_ended_gathers_it() -> None:
 @pytest.mark.timeout(30)
 def test_close_raises_the_error_of_a_background_run_that_ended_with_one() -> None:
     P = Parallel(jobs.fail_first_else_sleep, range(3), ncpus=2).run_async()
-    assert P._thread is not None
-    P._thread.join()
+    assert P._background is not None
+    P._background.thread.join()
     with pytest.raises(KeyError, match="task 0 fails at once"):
         P.close()
 
@@ -798,3 +799,40 @@ def test_disp_shows_a_markup_label_as_written(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert out.count(label) == 2  # the title, and the label row
     assert "😄" not in out
+
+
+# -- options set after construction ----------------------------------------------------------
+
+
+def test_an_option_set_after_construction_is_validated_and_used() -> None:
+    P = Parallel(jobs.fail_on, range(5), parallelizer="serial")
+    P.die = False
+    P.ncpus = 0.5
+    assert P.ncpus == max(1, math.ceil(pj.cpu_count() * 0.5))
+    with pytest.raises(TypeError, match="die must be True or False, not 'no'"):
+        P.die = "no"
+    with pytest.raises(TypeError, match="ncpus must be a number, not str"):
+        P.ncpus = "two"
+    assert P.die is False  # a refused value leaves the option as it was
+    with pytest.warns(RuntimeWarning, match="only 4 of 5"):
+        P.run()
+    assert isinstance(P.results[3], ValueError)
+
+
+def test_an_option_set_after_construction_is_checked_with_the_others() -> None:
+    P = Parallel(jobs.square, [1, 2], parallelizer="thread")
+    with pytest.raises(ValueError, match="capture=True cannot be used with the 'thread'"):
+        P.capture = True
+    P.maxcpu = 80
+    assert (P.maxcpu, P.lbkwargs.maxcpu) == (0.8, 80)
+    P.parallelizer = "serial"
+    assert P.method == "serial"
+    assert P.run().results == [1, 4]
+
+
+def test_option_names_are_the_options_of_parallel() -> None:
+    names = [name for name in inspect.signature(Parallel).parameters
+             if name not in ("func", "func_kwargs")]
+    assert list(pj.config.OPTION_NAMES) == names
+    parameters = inspect.signature(Parallel).parameters
+    assert {name: parameters[name].default for name in pj.config.DEFAULTS} == pj.config.DEFAULTS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import os
@@ -252,8 +253,20 @@ def test_parent_memory_stays_flat_however_long_the_stream(tmp_path: Path) -> Non
     assert large - small < 10 * 1024, (small, large)  # ru_maxrss is in KiB on Linux
 
 
-def test_imap_takes_every_option_of_parallelize() -> None:
-    import inspect
+_PARALLELIZE = inspect.signature(pj.parallelize).parameters
 
-    options = set(inspect.signature(pj.parallelize).parameters)
-    assert options <= set(inspect.signature(pj.imap).parameters)
+
+@pytest.mark.parametrize("option", sorted(set(_PARALLELIZE) - {"func", "iterarg", "iterkwargs",
+                                                               "func_kwargs"}))
+def test_imap_takes_every_option_of_parallelize(option: str) -> None:
+    # An option that imap did not forward as one would reach square() as a keyword argument
+    # and fail every task.
+    options = {"parallelizer": "serial", option: _PARALLELIZE[option].default}
+    if option == "parallelizer":
+        options[option] = "serial"
+    assert list(pj.imap(square, range(2), **options)) == [0, 1]
+
+
+def test_imap_refuses_a_misspelt_option_before_running() -> None:
+    with pytest.raises(TypeError, match="did you mean 'ncpus'"):
+        pj.imap(square, range(2), ncpu=2)

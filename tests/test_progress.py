@@ -190,8 +190,8 @@ def test_monitor_adds_no_second_bar_when_the_run_draws_one(
 def test_monitor_after_the_run_ended_shows_it_done(capsys: pytest.CaptureFixture[str]) -> None:
     P = Parallel(jobs.square, range(3), ncpus=2, parallelizer="thread-async", label="late")
     P.run_async()
-    assert P._thread is not None
-    P._thread.join()
+    assert P._background is not None
+    P._background.thread.join()
     P.monitor()
     P.finalize()
     assert capsys.readouterr().err.splitlines()[-1].startswith("late: 3/3 • 0 failed")

@@ -233,7 +233,7 @@ def test_interval_must_be_finite(interval: float) -> None:
         Parallel(jobs.square, [1, 2], interval=interval)
 
 
-@pytest.mark.parametrize("timeout", [math.inf, 1e12, 30 * 86400, pj.parallel.LONGEST_TIMEOUT])
+@pytest.mark.parametrize("timeout", [math.inf, 1e12, 30 * 86400, pj.config.LONGEST_TIMEOUT])
 def test_a_timeout_too_long_to_wait_for_means_none(timeout: float) -> None:
     assert Parallel(jobs.square, [1, 2], timeout=timeout).timeout is None
 

@@ -10,14 +10,17 @@
     LoadMonitor (thread) ──samples──▶ LoadGate ──admits?──▶ dispatch
 
 The Runner owns everything that lives only while the run lives (the backend's workers, the
-monitor thread, the progress bar) and releases all of it in one ``finally``, after success,
-``die``, Ctrl-C and SIGTERM alike. It decides what runs when: how big each chunk is (from the
-measured task durations), whether the machine has room for another task, which failures are
-retried. It never looks at which backend it drives.
+monitor thread, the progress bar, the checkpoint file): :meth:`Runner.from_config` builds them
+from a :class:`~parallel_jobs.config.RunConfig`, and the Runner releases all of them in one
+place, after success, ``die``, Ctrl-C and SIGTERM alike, and hands back a :class:`RunOutcome`.
+It decides what runs when: how big each chunk is (from the measured task durations), whether
+the machine has room for another task, which failures are retried. It never looks at which
+backend it drives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..backends.base import Backend, chunk_failed
+from ..backends.base import Backend, BackendOptions, chunk_failed
+from ..config import RunConfig
 from ..errors import (
     ExceptionCollector,
     SerializationError,
@@ -37,15 +41,15 @@ from ..errors import (
 from ..health import WorkerOptions
 from ..records import Batch, Chunk, Failure, Payload, Task, shorten, task_call
 from ..worker import binds_random_early, draw_entropy, prepare_seeding
-from .monitor import LoadGate, LoadMonitor
-from .progress import NullReporter
+from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
+from .progress import NullReporter, make_reporter
 from .store import SUCCEEDED, OutcomeStore
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
     from .stream import StreamPlan
 
-__all__ = ["Chunker", "RunPlan", "Runner", "TaskSource", "describe"]
+__all__ = ["Chunker", "RunOutcome", "RunPlan", "Runner", "TaskSource", "describe"]
 
 logger = logging.getLogger("parallel_jobs")
 
@@ -219,6 +223,23 @@ class Chunker:
 Callback = Callable[[dict[str, Any]], Any]
 
 
+@attrs.frozen(slots=True)
+class RunOutcome:
+    """What a finished run leaves besides its tasks' outcomes (those are in its store).
+
+    Attributes:
+        globaldict: a plain-dict copy of the shared ``globaldict`` as the run left it, or None.
+        load_samples: the machine's load sampled during the run.
+        workers_replaced: (pid, reason) of each worker replaced by a health option.
+        memory_limits_hit: how many tasks were killed for breaking ``task_memory_limit``.
+    """
+
+    globaldict: dict[str, Any] | None
+    load_samples: list[LoadSample]
+    workers_replaced: list[tuple[int, str]]
+    memory_limits_hit: int
+
+
 def _echo(batch: Batch) -> None:
     """Show what the tasks of ``batch`` printed, each line after ``[task N]``, on the stream
     each printed to (a live progress bar shows them above itself)."""
@@ -300,7 +321,61 @@ class Runner:
         # themselves, it would tear the bar.
         echo = not capture and backend.reseeds and type(self.reporter) is not NullReporter
         self.payload = attrs.evolve(plan.payload, capture=capture, worker=worker, echo=echo)
-        self.globaldict: Any = None
+        self.globaldict: dict[str, Any] | None = None
+        self._outcome: RunOutcome | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        plan: RunPlan | StreamPlan,
+        store: OutcomeStore,
+        source: TaskSource | None = None,
+    ) -> Runner:
+        """A Runner with the parts that ``config`` asks for: its backend, a load monitor (a
+        NullMonitor when nobody would see the load), a LoadGate for ``maxcpu``/``maxmem``, a
+        progress reporter, and the checkpoint, opened last so that nothing after it can fail
+        and leave the file locked."""
+        options = BackendOptions(
+            ncpus=config.ncpus, timeout=config.timeout, start_method=config.start_method,
+            copy=config.choice.copy, njobs=config.njobs or 0,  # a stream's size is unknown: 0
+        )
+        backend = config.choice.build(options)
+        interval = config.interval or 1.0
+        if config.keep_records or config.limited:
+            monitor: LoadMonitor = LoadMonitor(interval)
+        elif config.progress:
+            # The bar alone shows the load once the run has lasted MONITOR_DELAY.
+            monitor = LoadMonitor(interval, eager=False)
+        else:
+            monitor = NullMonitor()  # nobody would see the load: no psutil, no samples
+        gate = None
+        if config.limited:
+            gate = LoadGate(monitor, config.maxcpu, config.maxmem, config.interval or 0.5)
+        checkpoint = None
+        if config.checkpoint is not None:
+            # Imported for its cost only (SQLite and hashlib): most runs keep no checkpoint.
+            from .checkpoint import Checkpoint
+
+            checkpoint = Checkpoint.open(config.checkpoint, plan.payload,
+                                         rerun_failed=config.rerun_failed)
+        return cls(
+            plan, backend, store, monitor=monitor, gate=gate,
+            reporter=make_reporter(config.progress, config.label), die=config.die,
+            retries=config.retries, chunksize=config.chunksize, callback=config.callback,
+            ncpus=config.ncpus, capture=config.capture, worker=config.worker,
+            checkpoint=checkpoint, source=source,
+        )
+
+    @property
+    def latest_load(self) -> LoadSample | None:
+        """The machine's load as last sampled, or None."""
+        return self.monitor.latest
+
+    @property
+    def outcome(self) -> RunOutcome | None:
+        """What the run left besides its tasks' outcomes, once it has ended (else None)."""
+        return self._outcome
 
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
@@ -357,26 +432,33 @@ class Runner:
         self.backend.wake()
 
     def _finish(self, abort: bool) -> None:
-        try:
-            shared = self.payload.kwargs.get("globaldict")
-            if shared is not None:
-                try:
-                    self.globaldict = dict(shared)
-                except Exception:
-                    self.globaldict = None
-        finally:
+        """Release what the run holds, in this order, each step even when one before it
+        raised: copy the shared globaldict out, take the monitor's final sample (while retired
+        workers exit, see Backend.retire_idle), shut the backend down, close the checkpoint,
+        mark the tasks never run, draw the bar a last time, and record the outcome."""
+        with contextlib.ExitStack() as release:
+            # An ExitStack calls back last in, first out: the steps go on in reverse order.
+            release.callback(self._conclude)
+            if self.checkpoint is not None:
+                release.callback(self.checkpoint.close)
+            release.callback(self.backend.shutdown, abort=abort)
+            release.callback(self.monitor.stop)
+            release.callback(self._copy_globaldict)
+
+    def _copy_globaldict(self) -> None:
+        shared = self.payload.kwargs.get("globaldict")
+        if shared is not None:
             try:
-                # The final sample first, while retired workers exit (Backend.retire_idle).
-                self.monitor.stop()
-            finally:
-                try:
-                    self.backend.shutdown(abort=abort)
-                finally:
-                    if self.checkpoint is not None:
-                        self.checkpoint.close()
-                    self.store.cancel_pending()
-                    self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
-                    self.reporter.stop()
+                self.globaldict = dict(shared)
+            except Exception:
+                self.globaldict = None  # a shared dict that can no longer be read leaves none
+
+    def _conclude(self) -> None:
+        self.store.cancel_pending()
+        self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
+        self.reporter.stop()
+        self._outcome = RunOutcome(self.globaldict, list(self.monitor.samples),
+                                   list(self.backend.replaced), self.backend.memory_limits_hit)
 
     def _loop(self) -> Iterator[None]:
         backend, source = self.backend, self.source
