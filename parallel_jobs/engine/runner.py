@@ -380,7 +380,7 @@ class Runner:
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
         # Nobody sees a task finish before run() returns unless a callback or a progress bar
-        # shows it: a checkpoint may then gather batches into fewer commits.
+        # shows it: a checkpoint then need not be flushed before then.
         self._watched = self.callback is not None or type(self.reporter) is not NullReporter
         for _ in self.iterate():
             pass
@@ -480,6 +480,8 @@ class Runner:
                 raise KeyboardInterrupt(msg)
             for batch in batches:
                 self._absorb(batch)
+            if self.checkpoint is not None and self._watched:
+                self.checkpoint.flush()  # the file must hold what is reported next
             if batches and not source.has_more():
                 backend.retire_idle()
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
@@ -550,8 +552,9 @@ class Runner:
         if self.payload.echo and batch.stdout is not None:
             _echo(batch)
         if self.checkpoint is not None:
-            # Before anything reports these tasks done: the file must hold what was reported.
-            self.checkpoint.write(batch, final, store.attempts_of, now=self._watched)
+            self.checkpoint.write(batch, final, store.attempts_of)
+            if self.callback is not None:
+                self.checkpoint.flush()  # the file must hold what the callback is told
         if not self.stopped:
             self.source.retry.extend(batch.requeue)
         if batch.started and batch.started[0]:
