@@ -29,6 +29,7 @@ from tests.jobs import (
     signal_self_on,
     square,
     wait_for_path,
+    with_any_keywords,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:only .* tasks succeeded:RuntimeWarning")
@@ -481,3 +482,13 @@ def test_a_failure_of_the_writer_reaches_the_caller_as_checkpoint_error(tmp_path
     assert error["type"] == "CheckpointError"
     assert error["path"] == str(db)
     assert "cannot be written" in error["message"]
+
+
+def test_shared_arguments_that_cannot_be_keyed_are_refused_and_the_file_let_go(
+        tmp_path: Path) -> None:
+    db = tmp_path / "sweep.sqlite"
+    with pytest.raises(pj.CheckpointError, match="shared arguments cannot be pickled"):
+        pj.parallelize(with_any_keywords, range(2), kwargs={"stream": (x for x in [1])},
+                       parallelizer="thread", checkpoint=db)
+    assert not _writers()
+    assert pj.parallelize(square, range(2), parallelizer="serial", checkpoint=db) == [0, 1]

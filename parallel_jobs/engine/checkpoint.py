@@ -123,8 +123,9 @@ _SCHEMA = (
     GROUP BY e.idx""",
 )
 _CREATE = "\n".join((
-    # Big pages: a batch's row then spans a page or two, and its commit writes a few.
-    "PRAGMA page_size=65536;",
+    # SQLite's usual pages: a batch's row spans several, but bigger ones cost more than they
+    # save, as each one the empty file's six tables and indices need is written in full.
+    "PRAGMA page_size=4096;",
     # Made without fsync (three of them, the cost of a short run): a file that a power loss
     # damages now holds no result yet. Its first checkpoint (at close) syncs it.
     "PRAGMA synchronous=OFF;",
@@ -270,11 +271,9 @@ class Checkpoint:
         self.reader = reader
         self.rerun_failed = rerun_failed
         self.function = function_name(payload.func)
-        self._thread: threading.Thread | None = None
         try:
             self.shared = _shared_digest(payload)
-        except Exception as exc:
-            self.close()
+        except Exception as exc:  # open() lets go of the file
             msg = f"the shared arguments cannot be pickled to key the tasks: {exc}"
             raise CheckpointError(path, msg) from exc
         end, span = 0, 0
@@ -284,6 +283,9 @@ class Checkpoint:
         self.end = end or 0
         self.span = span or 0
         self.pending: dict[int, Any] = {}  # the keys of tasks sent and not yet written
+        # The same for chunks of consecutive tasks, by their first index: a dict entry per
+        # task would cost a run of tiny tasks more than its checkpoint's writing.
+        self.pending_runs: dict[int, list[Any]] = {}
         self._window = (-1, -1)
         self._found: dict[int, tuple[_Stored, int]] = {}
         self._failures: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -294,8 +296,9 @@ class Checkpoint:
         self._unflushed = False  # a batch was queued since the last flush
         self._error: CheckpointError | None = None  # what stopped the writer
         self._raised = False  # the caller was given that error
-        self._thread = threading.Thread(target=self._serve, name="parallel_jobs-checkpoint",
-                                        daemon=True)
+        self._finishing = False  # the writer was told that nothing more comes
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._serve, name="parallel_jobs-checkpoint", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -332,6 +335,13 @@ class Checkpoint:
             os.close(lock)  # after the connection: closing it drops SQLite's own locks too
             raise
 
+    def finish(self) -> None:
+        """Tell the writer that nothing more comes: it commits and folds the write-ahead log
+        into the file while the caller does something else (:meth:`close` waits for it)."""
+        if self._thread is not None and not self._finishing:
+            self._finishing = True
+            self._jobs.put(None)
+
     def close(self) -> None:
         """Commit what was written, stop the writer thread and let go of the file (safe to
         repeat).
@@ -345,7 +355,7 @@ class Checkpoint:
             if self.reader is not None:
                 self.reader.close()  # first: the last connection closed folds in the log
             if self._thread is not None:
-                self._jobs.put(None)
+                self.finish()
                 _join(self._thread)
                 self._thread = None
         finally:
@@ -406,7 +416,10 @@ class Checkpoint:
                         done.append((pos, stored, at))
         pending = self.pending
         if not done:
-            pending.update(zip(indices, keys, strict=True))
+            if type(indices) is range and indices.step == 1:
+                self.pending_runs[indices.start] = keys
+            else:
+                pending.update(zip(indices, keys, strict=True))
             return [], chunk
         skip = {pos for pos, _, _ in done}
         rest = [pos for pos in range(len(indices)) if pos not in skip]
@@ -508,7 +521,7 @@ class Checkpoint:
         chosen = indices if keep is None else [indices[pos] for pos in keep]
         if not chosen:
             return  # a chunk stopped before any of its tasks ran
-        keys = list(map(self.pending.pop, chosen, itertools.repeat(None)))
+        keys = _picker(keep)(self._sent_keys(indices))
         # Pickled now: the Runner adds notes and the remote traceback to what was raised next.
         failed = [(indices[pos], FAILED, failure.type_name, failure.message, failure.traceback,
                    _dumps_exception(failure.exception)) for pos, failure in failures.items()
@@ -518,6 +531,19 @@ class Checkpoint:
             "I", map(attempts_of, chosen)).tobytes()
         self._jobs.put(_Job(batch, keep, chosen, keys, attempts, failed))
         self._unflushed = True
+
+    def _sent_keys(self, indices: Sequence[int]) -> list[Any]:
+        """The keys of the tasks ``indices`` as they were sent, forgotten here (a task run
+        again is sent again, with its key)."""
+        if type(indices) is range and indices.step == 1:
+            keys = self.pending_runs.pop(indices.start, None)
+            if keys is not None:
+                count = len(indices)
+                if len(keys) > count:  # the rest of its chunk comes back later
+                    self.pending_runs[indices.start + count] = keys[count:]
+                    del keys[count:]
+                return keys
+        return list(map(self.pending.pop, indices, itertools.repeat(None)))
 
     def _serve(self) -> None:
         """The writer thread: write the queued batches, committing when asked to, or once the

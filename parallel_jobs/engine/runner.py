@@ -433,9 +433,10 @@ class Runner:
 
     def _finish(self, abort: bool) -> None:
         """Release what the run holds, in this order, each step even when one before it
-        raised: copy the shared globaldict out, take the monitor's final sample (while retired
-        workers exit, see Backend.retire_idle), shut the backend down, close the checkpoint,
-        mark the tasks never run, draw the bar a last time, and record the outcome."""
+        raised: tell the checkpoint's writer that nothing more comes (its last commit overlaps
+        the steps that follow), copy the shared globaldict out, take the monitor's final sample
+        (while retired workers exit, see Backend.retire_idle), shut the backend down, close the
+        checkpoint, mark the tasks never run, draw the bar a last time, and record the outcome."""
         with contextlib.ExitStack() as release:
             # An ExitStack calls back last in, first out: the steps go on in reverse order.
             release.callback(self._conclude)
@@ -444,6 +445,8 @@ class Runner:
             release.callback(self.backend.shutdown, abort=abort)
             release.callback(self.monitor.stop)
             release.callback(self._copy_globaldict)
+            if self.checkpoint is not None:
+                release.callback(self.checkpoint.finish)
 
     def _copy_globaldict(self) -> None:
         shared = self.payload.kwargs.get("globaldict")
