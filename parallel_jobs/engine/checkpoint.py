@@ -29,6 +29,7 @@ chunks and batches and never touches a backend.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -61,7 +62,7 @@ from ..records import (
 __all__ = ["GATHER_SECONDS", "Checkpoint", "function_name", "read_checkpoint"]
 
 GATHER_SECONDS = 0.1
-"""At most this long a run that nobody watches gathers batches before it commits them."""
+"""How long the batches of a run that nobody watches gather before the writer gets them."""
 
 FORMAT = "1"
 """The version of the file's layout, kept in its ``meta`` table."""
@@ -236,22 +237,6 @@ def _join(thread: threading.Thread) -> None:
         raise interrupted
 
 
-def _let_go(conn: sqlite3.Connection) -> None:
-    """Commit what the connection gathered and close it.
-
-    Closing folds the write-ahead log into the file. Without fsync: what was committed is in
-    the operating system's hands either way, which is what a killed process needs; the three
-    syncs (3-15 ms each on a virtual disk) would double the cost of a short run, for a power
-    cut's sake only.
-    """
-    try:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
-        conn.execute("PRAGMA synchronous=OFF")
-    finally:
-        conn.close()
-
-
 class Checkpoint:
     """One run's hold on its checkpoint file; use :meth:`open`.
 
@@ -290,13 +275,16 @@ class Checkpoint:
         self._found: dict[int, tuple[_Stored, int]] = {}
         self._failures: dict[tuple[int, int], tuple[Any, ...]] = {}
         self.wall_offset = time.time() - time.perf_counter()
-        # What the writer thread is to do: a batch to write, an Event to set once what came
-        # before is committed, or None to commit and stop.
-        self._jobs: queue.SimpleQueue[_Job | threading.Event | None] = queue.SimpleQueue()
-        self._unflushed = False  # a batch was queued since the last flush
+        # What the writer thread is to do: batches to write in one transaction (none: make
+        # the file ready), an Event to set once what came before is committed, or None: stop.
+        self._jobs: queue.SimpleQueue[list[_Job] | threading.Event | None] = queue.SimpleQueue()
+        self._held: list[_Job] = []  # batches not handed to the writer yet
+        self._handed = 0.0  # when batches were last handed to it (time.monotonic())
+        self._unflushed = False  # batches were handed over since the last flush
         self._error: CheckpointError | None = None  # what stopped the writer
         self._raised = False  # the caller was given that error
         self._finishing = False  # the writer was told that nothing more comes
+        self._conn: sqlite3.Connection | None = None  # the writer's, once it needs one
         self._thread: threading.Thread | None = threading.Thread(
             target=self._serve, name="parallel_jobs-checkpoint", daemon=True)
         self._thread.start()
@@ -340,6 +328,7 @@ class Checkpoint:
         into the file while the caller does something else (:meth:`close` waits for it)."""
         if self._thread is not None and not self._finishing:
             self._finishing = True
+            self._hand_over()
             self._jobs.put(None)
 
     def close(self) -> None:
@@ -370,6 +359,7 @@ class Checkpoint:
         Raises:
             CheckpointError: the writer failed.
         """
+        self._hand_over()
         if self._unflushed:
             committed = threading.Event()
             self._jobs.put(committed)
@@ -529,8 +519,22 @@ class Checkpoint:
         # A range is a first attempt: every count is 1. Counted now: a retry changes them.
         attempts = None if type(indices) is range else array(
             "I", map(attempts_of, chosen)).tobytes()
-        self._jobs.put(_Job(batch, keep, chosen, keys, attempts, failed))
-        self._unflushed = True
+        self._held.append(_Job(batch, keep, chosen, keys, attempts, failed))
+        # A run of tiny tasks hands its batches over in bundles, each one transaction (a
+        # commit costs more than a batch), and the writer wakes once a bundle; a slower
+        # run hands each batch over as it comes, and the first batch at once, so that the
+        # writer makes a new file ready while the run goes on.
+        now = time.monotonic()
+        if now - self._handed >= GATHER_SECONDS:
+            self._hand_over()
+            self._handed = now
+
+    def _hand_over(self) -> None:
+        """Give the held batches to the writer."""
+        if self._held:
+            self._jobs.put(self._held)
+            self._held = []
+            self._unflushed = True
 
     def _sent_keys(self, indices: Sequence[int]) -> list[Any]:
         """The keys of the tasks ``indices`` as they were sent, forgotten here (a task run
@@ -546,47 +550,74 @@ class Checkpoint:
         return list(map(self.pending.pop, indices, itertools.repeat(None)))
 
     def _serve(self) -> None:
-        """The writer thread: write the queued batches, committing when asked to, or once the
-        oldest uncommitted one waited ``GATHER_SECONDS`` (a commit costs more than a batch of
-        tiny tasks, and a process killed meanwhile loses only what nobody was told had
-        finished)."""
-        conn: sqlite3.Connection | None = None
-        begun = 0.0
+        """The writer thread: write each bundle of batches it is handed in one transaction,
+        until told to stop."""
+        job: list[_Job] | threading.Event | None = None
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if self.reader is None:
-                _create(conn, self.function)
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: commits need no fsync
             while True:
-                try:
-                    job = self._jobs.get(timeout=max(0.0, begun + GATHER_SECONDS - time.monotonic())
-                                         if conn.in_transaction else None)
-                except queue.Empty:
-                    conn.execute("COMMIT")
-                    continue
-                if isinstance(job, _Job):
-                    if not conn.in_transaction:
-                        conn.execute("BEGIN")
-                        begun = time.monotonic()
-                    self._insert(conn, job)
-                    continue
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-                if job is None:
+                job = self._jobs.get()
+                if isinstance(job, list):
+                    self._commit(job)
+                elif job is None:
+                    self._connect()  # a file that no batch reached is made a checkpoint too
                     break
-                job.set()
+                else:
+                    job.set()
+            self._let_go()
         except BaseException as exc:
-            if isinstance(exc, sqlite3.Error):
-                error = CheckpointError(self.path, f"cannot be written: {exc}")
-            else:
-                error = CheckpointError(self.path, f"cannot be written: {type(exc).__name__}: "
-                                        f"{exc}")
-            error.__cause__ = exc
-            self._error = error
-            self._drain()
-        finally:
-            if conn is not None:
-                _let_go(conn)
+            self._fail(exc)
+            if job is not None:
+                self._drain()
+            self._let_go()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Keep the first error of the writer for the caller, as a CheckpointError."""
+        if self._error is not None:
+            return
+        detail = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+        self._error = CheckpointError(self.path, f"cannot be written: {detail}")
+        self._error.__cause__ = exc
+
+    def _let_go(self) -> None:
+        """Close the writer's connection, which folds the write-ahead log into the file.
+
+        Without fsync: what was committed is in the operating system's hands either way,
+        which is what a killed process needs; the three syncs (3-15 ms each on a virtual disk)
+        would double the cost of a short run, for a power cut's sake only.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.close()
+        except sqlite3.Error as exc:
+            conn.close()
+            self._fail(exc)
+
+    def _connect(self) -> sqlite3.Connection:
+        """The writer's connection, opened (and the file made a checkpoint) at first use."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=False)
+            if self.reader is None:
+                _create(self._conn, self.function)
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: commits need no fsync
+        return self._conn
+
+    def _commit(self, bundle: list[_Job]) -> None:
+        """Write the batches of ``bundle`` in one transaction."""
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            for job in bundle:
+                self._insert(conn, job)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # the first error says what failed
+                    conn.execute("ROLLBACK")
+            raise
 
     def _drain(self) -> None:
         """After a failure: take the jobs without writing them, waking who waits for a flush,
