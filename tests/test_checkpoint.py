@@ -492,3 +492,26 @@ def test_shared_arguments_that_cannot_be_keyed_are_refused_and_the_file_let_go(
                        parallelizer="thread", checkpoint=db)
     assert not _writers()
     assert pj.parallelize(square, range(2), parallelizer="serial", checkpoint=db) == [0, 1]
+
+
+@pytest.mark.timeout(60)
+def test_a_run_stopped_within_chunks_resumes_with_only_the_rest(tmp_path: Path) -> None:
+    # Chunks of consecutive tasks keep their keys per chunk: a chunk cut short by the stop
+    # must still write the right key for each task that ran.
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+
+    def stop_at_five(data: dict[str, Any]) -> None:
+        data["stop"] = sum(executions(runs).values()) >= 5
+
+    first = pj.Parallel(logged_square, range(40), kwargs={"folder": runs, "seconds": 0.01},
+                        ncpus=2, chunksize=4, callback=stop_at_five, checkpoint=db).run()
+    done = {r.index for r in pj.load_checkpoint(db)}
+    assert done == {i for i, ok in enumerate(first.success) if ok}
+    assert 5 <= len(done) < 40
+    before = executions(runs)
+    results = pj.parallelize(logged_square, range(40), kwargs={"folder": runs, "seconds": 0.01},
+                             ncpus=2, chunksize=4, checkpoint=db)
+    assert results == [x * x for x in range(40)]
+    after = executions(runs)
+    assert {x: after[x] - before.get(x, 0) for x in range(40)} == {
+        x: 0 if x in done else 1 for x in range(40)}

@@ -326,14 +326,19 @@ class Checkpoint:
     def finish(self) -> None:
         """Tell the writer that nothing more comes: it commits and folds the write-ahead log
         into the file while the caller does something else (:meth:`close` waits for it)."""
-        if self._thread is not None and not self._finishing:
-            self._finishing = True
+        if self._finishing:
+            return
+        self._finishing = True
+        try:
+            if self.reader is not None:
+                self.reader.close()  # before the writer's: the last one closed folds in the log
             self._hand_over()
+        finally:
             self._jobs.put(None)
 
     def close(self) -> None:
-        """Commit what was written, stop the writer thread and let go of the file (safe to
-        repeat).
+        """Wait until the writer has committed everything and stopped, and let go of the file
+        (safe to repeat).
 
         Raises:
             CheckpointError: the writer failed, and no call told the caller yet.
@@ -341,10 +346,8 @@ class Checkpoint:
         if self.lock < 0:
             return
         try:
-            if self.reader is not None:
-                self.reader.close()  # first: the last connection closed folds in the log
+            self.finish()
             if self._thread is not None:
-                self.finish()
                 _join(self._thread)
                 self._thread = None
         finally:
@@ -508,10 +511,11 @@ class Checkpoint:
         if failures and any(indices[pos] not in final for pos in failures):
             keep = [pos for pos in range(len(indices))
                     if pos not in failures or indices[pos] in final]
+        keys = self._sent_keys(indices, cut=bool(batch.requeue))
         chosen = indices if keep is None else [indices[pos] for pos in keep]
         if not chosen:
             return  # a chunk stopped before any of its tasks ran
-        keys = _picker(keep)(self._sent_keys(indices))
+        keys = _picker(keep)(keys)
         # Pickled now: the Runner adds notes and the remote traceback to what was raised next.
         failed = [(indices[pos], FAILED, failure.type_name, failure.message, failure.traceback,
                    _dumps_exception(failure.exception)) for pos, failure in failures.items()
@@ -536,15 +540,17 @@ class Checkpoint:
             self._held = []
             self._unflushed = True
 
-    def _sent_keys(self, indices: Sequence[int]) -> list[Any]:
+    def _sent_keys(self, indices: Sequence[int], cut: bool) -> list[Any]:
         """The keys of the tasks ``indices`` as they were sent, forgotten here (a task run
-        again is sent again, with its key)."""
+        again is sent again, with its key). ``cut``: the rest of their chunk did not run, and
+        will be sent again."""
         if type(indices) is range and indices.step == 1:
             keys = self.pending_runs.pop(indices.start, None)
             if keys is not None:
                 count = len(indices)
-                if len(keys) > count:  # the rest of its chunk comes back later
-                    self.pending_runs[indices.start + count] = keys[count:]
+                if len(keys) > count:
+                    if not cut:  # the rest of the chunk comes back in a later batch
+                        self.pending_runs[indices.start + count] = keys[count:]
                     del keys[count:]
                 return keys
         return list(map(self.pending.pop, indices, itertools.repeat(None)))
