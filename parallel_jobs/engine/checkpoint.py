@@ -279,7 +279,8 @@ class Checkpoint:
         # the file ready), an Event to set once what came before is committed, or None: stop.
         self._jobs: queue.SimpleQueue[list[_Job] | threading.Event | None] = queue.SimpleQueue()
         self._held: list[_Job] = []  # batches not handed to the writer yet
-        self._handed = 0.0  # when batches were last handed to it (time.monotonic())
+        self._handed = time.monotonic()  # when batches were last handed to it
+        self._prepared = False  # the writer was given something to do
         self._unflushed = False  # batches were handed over since the last flush
         self._error: CheckpointError | None = None  # what stopped the writer
         self._raised = False  # the caller was given that error
@@ -526,12 +527,14 @@ class Checkpoint:
         self._held.append(_Job(batch, keep, chosen, keys, attempts, failed))
         # A run of tiny tasks hands its batches over in bundles, each one transaction (a
         # commit costs more than a batch), and the writer wakes once a bundle; a slower
-        # run hands each batch over as it comes, and the first batch at once, so that the
-        # writer makes a new file ready while the run goes on.
+        # run hands each batch over as it comes.
         now = time.monotonic()
         if now - self._handed >= GATHER_SECONDS:
             self._hand_over()
             self._handed = now
+        elif not self._prepared:
+            self._jobs.put([])  # the writer makes a new file ready while batches gather
+        self._prepared = True
 
     def _hand_over(self) -> None:
         """Give the held batches to the writer."""
@@ -614,6 +617,8 @@ class Checkpoint:
     def _commit(self, bundle: list[_Job]) -> None:
         """Write the batches of ``bundle`` in one transaction."""
         conn = self._connect()
+        if not bundle:
+            return
         conn.execute("BEGIN")
         try:
             for job in bundle:
@@ -711,12 +716,7 @@ def _packed(column: Sequence[Any], typecode: str, keep: list[int] | None) -> arr
 def _wall_clock(started: array[float], offset: float) -> bytes:
     """Packed ``started`` times, moved from ``perf_counter`` to ``time.time`` by ``offset``;
     0 (a task that never started) stays 0."""
-    moved = array("d", map(offset.__add__, started))
-    if 0.0 in started:
-        for pos, value in enumerate(started):
-            if not value:
-                moved[pos] = 0.0
-    return moved.tobytes()
+    return array("d", [s + offset if s else 0.0 for s in started]).tobytes()
 
 
 def _columns(columns: tuple[bytes, bytes, bytes, bytes, bytes | None, str | None]) -> tuple[
