@@ -4,14 +4,16 @@
 
     Runner._dispatch ──chunk──▶ Checkpoint.split ──restored batches──▶ store
                                      │ (the key of each task sent, until it is written)
-    Runner._absorb ──batch──▶ Checkpoint.write ──queue──▶ writer thread ──rows──▶ batches table
-    Runner (before it reports) ──▶ Checkpoint.flush: waits until the writer committed the queue
+    Runner._absorb ──batch──▶ Checkpoint.write ──bundles──▶ writer thread ──▶ batches table
+                                                  (a transaction each)
+    Runner, before it reports ──▶ Checkpoint.flush: hands over, waits for the writer's commit
 
 The parent writes, whatever the backend, on a thread of its own: pickling the results, packing
 the timings and committing cost a run of tiny tasks as much as dispatching them, and the Runner
 goes on dispatching meanwhile (SQLite lets go of the GIL while it writes). Before the progress
 bar, a callback, ``imap`` or a returning ``run()`` reports a task done, the Runner flushes, so
-that what was reported done is in the file even when the parent is killed the next instant.
+that what was reported done is in the file even when the parent is killed the next instant;
+until then, batches gather for up to ``GATHER_SECONDS`` and go over in one bundle, one commit.
 SQLite in WAL mode makes each commit atomic; ``synchronous=NORMAL`` keeps a commit that a killed
 process made (only a power loss may take back the last ones).
 
