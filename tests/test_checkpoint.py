@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from tests.jobs import (
     generator_of,
     logged_square,
     noisy_square,
+    signal_self_on,
     square,
     wait_for_path,
+    with_any_keywords,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:only .* tasks succeeded:RuntimeWarning")
@@ -368,3 +371,147 @@ def test_the_file_alone_holds_everything_once_the_run_returns(tmp_path: Path) ->
     copy = tmp_path / "copy.sqlite"
     shutil.copyfile(db, copy)
     assert [r.value for r in pj.load_checkpoint(copy)] == [x * x for x in range(50)]
+
+
+# -- the writer thread ----------------------------------------------------------------------------
+
+
+def _writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "parallel_jobs-checkpoint"]
+
+
+def _holds(db: Path, index: int) -> bool:
+    """Whether another connection, as a reader would open it, finds task ``index`` in ``db``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM tasks WHERE idx = ?", (index,)).fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+def test_what_imap_yields_is_in_the_file_first(tmp_path: Path) -> None:
+    # The writer thread commits behind the Runner's back: imap must wait for it before it yields.
+    db = tmp_path / "sweep.sqlite"
+    for index, value in enumerate(pj.imap(square, range(30), ncpus=2, chunksize=2,
+                                          checkpoint=db)):
+        assert value == index * index
+        assert _holds(db, index), f"task {index} was yielded before it was committed"
+    assert not _writers()
+
+
+@pytest.mark.timeout(30)
+def test_what_the_callback_is_told_is_in_the_file_first(tmp_path: Path) -> None:
+    db = tmp_path / "sweep.sqlite"
+    told: list[int] = []
+
+    def check(data: dict[str, Any]) -> None:
+        assert _holds(db, data["index"]), f"task {data['index']} was reported before its commit"
+        told.append(data["index"])
+
+    pj.parallelize(square, range(30), ncpus=2, chunksize=2, callback=check, checkpoint=db)
+    assert sorted(told) == list(range(30))
+    assert not _writers()
+
+
+@pytest.mark.timeout(30)
+def test_no_writer_thread_outlives_a_run_that_raised(tmp_path: Path) -> None:
+    runs, db = _runs(tmp_path), tmp_path / "sweep.sqlite"
+    with pytest.raises(ValueError, match="task value 3 fails"):
+        pj.parallelize(logged_square, range(10), kwargs={"folder": runs, "fail": 3}, ncpus=2,
+                       chunksize=1, checkpoint=db)
+    assert not _writers()
+    # The failure that stopped the run was reported (raised): it is in the file.
+    assert [(r.index, r.success) for r in pj.load_checkpoint(db) if r.index == 3] == [(3, False)]
+
+
+@pytest.mark.timeout(30)
+def test_no_writer_thread_outlives_an_interrupted_run(tmp_path: Path) -> None:
+    # A real Ctrl-C in the caller's main thread, from the task that runs there.
+    assert threading.current_thread() is threading.main_thread()
+    db = tmp_path / "sweep.sqlite"
+    P = pj.Parallel(signal_self_on, range(4), kwargs={"signum": signal.SIGINT, "bad": 1},
+                    die=False, parallelizer="serial", checkpoint=db)
+    with pytest.raises(KeyboardInterrupt):
+        P.run()
+    assert not _writers()
+    assert P.results[0] == 0
+    assert [r.index for r in pj.load_checkpoint(db)] == [0]
+
+
+@pytest.mark.timeout(30)
+def test_no_writer_thread_outlives_an_imap_closed_early(tmp_path: Path) -> None:
+    db = tmp_path / "sweep.sqlite"
+    stream = pj.imap(square, iter(range(10**6)), ncpus=2, checkpoint=db)
+    assert next(stream) == 0
+    assert _writers()
+    stream.close()
+    assert not _writers()
+    assert pj.parallelize(square, range(3), parallelizer="serial", checkpoint=db) == [0, 1, 4]
+
+
+_FULL_DISK = """
+import json, resource, signal, sys, threading
+import parallel_jobs as pj
+
+# Files may grow to 1 MB, then writes fail as on a full disk (EFBIG instead of a signal).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+try:
+    pj.parallelize(bytes, [200_000] * 20, ncpus=2, checkpoint=sys.argv[1])
+except pj.CheckpointError as exc:
+    error = {"type": type(exc).__name__, "path": exc.path, "message": str(exc)}
+else:
+    error = None
+threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+print(json.dumps({"error": error, "threads": threads}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_of_the_writer_reaches_the_caller_as_checkpoint_error(tmp_path: Path) -> None:
+    import json
+
+    db, script = tmp_path / "sweep.sqlite", tmp_path / "full.py"
+    script.write_text(_FULL_DISK)
+    done = subprocess.run([sys.executable, str(script), str(db)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=50, check=True)
+    outcome = json.loads(done.stdout)
+    assert outcome["threads"] == []
+    error = outcome["error"]
+    assert error is not None, "the run wrote 4 MB into a file limited to 1 MB without a word"
+    assert error["type"] == "CheckpointError"
+    assert error["path"] == str(db)
+    assert "cannot be written" in error["message"]
+
+
+def test_shared_arguments_that_cannot_be_keyed_are_refused_and_the_file_let_go(
+        tmp_path: Path) -> None:
+    db = tmp_path / "sweep.sqlite"
+    with pytest.raises(pj.CheckpointError, match="shared arguments cannot be pickled"):
+        pj.parallelize(with_any_keywords, range(2), kwargs={"stream": (x for x in [1])},
+                       parallelizer="thread", checkpoint=db)
+    assert not _writers()
+    assert pj.parallelize(square, range(2), parallelizer="serial", checkpoint=db) == [0, 1]
+
+
+@pytest.mark.timeout(60)
+def test_a_run_stopped_within_chunks_resumes_with_only_the_rest(tmp_path: Path) -> None:
+    # Chunks of consecutive tasks keep their keys per chunk: a chunk cut short by the stop
+    # must still write the right key for each task that ran.
+    runs, db = _runs(tmp_path), str(tmp_path / "sweep.sqlite")
+
+    def stop_at_five(data: dict[str, Any]) -> None:
+        data["stop"] = sum(executions(runs).values()) >= 5
+
+    first = pj.Parallel(logged_square, range(40), kwargs={"folder": runs, "seconds": 0.01},
+                        ncpus=2, chunksize=4, callback=stop_at_five, checkpoint=db).run()
+    done = {r.index for r in pj.load_checkpoint(db)}
+    assert done == {i for i, ok in enumerate(first.success) if ok}
+    assert 5 <= len(done) < 40
+    before = executions(runs)
+    results = pj.parallelize(logged_square, range(40), kwargs={"folder": runs, "seconds": 0.01},
+                             ncpus=2, chunksize=4, checkpoint=db)
+    assert results == [x * x for x in range(40)]
+    after = executions(runs)
+    assert {x: after[x] - before.get(x, 0) for x in range(40)} == {
+        x: 0 if x in done else 1 for x in range(40)}

@@ -4,13 +4,18 @@
 
     Runner._dispatch ──chunk──▶ Checkpoint.split ──restored batches──▶ store
                                      │ (the key of each task sent, until it is written)
-    Runner._absorb ──batch──▶ Checkpoint.write ──one row, one transaction──▶ batches table
+    Runner._absorb ──batch──▶ Checkpoint.write ──bundles──▶ writer thread ──▶ batches table
+                                                  (a transaction each)
+    Runner, before it reports ──▶ Checkpoint.flush: hands over, waits for the writer's commit
 
-The parent writes, whatever the backend: a batch is committed as it arrives, before the
-progress bar, a callback or ``imap`` can report its tasks done, so that what was reported done is
-in the file even when the parent is killed the next instant. SQLite in WAL mode makes each
-commit atomic; ``synchronous=NORMAL`` keeps a commit that a killed process made (only a power
-loss may take back the last ones).
+The parent writes, whatever the backend, on a thread of its own: pickling the results, packing
+the timings and committing cost a run of tiny tasks as much as dispatching them, and the Runner
+goes on dispatching meanwhile (SQLite lets go of the GIL while it writes). Before the progress
+bar, a callback, ``imap`` or a returning ``run()`` reports a task done, the Runner flushes, so
+that what was reported done is in the file even when the parent is killed the next instant;
+until then, batches gather for up to ``GATHER_SECONDS`` and go over in one bundle, one commit.
+SQLite in WAL mode makes each commit atomic; ``synchronous=NORMAL`` keeps a commit that a killed
+process made (only a power loss may take back the last ones).
 
 A batch is one row, its per-task columns packed (JSON indices, one pickle of the results, arrays
 of timings): a row per task would cost a run of tiny tasks more than the tasks themselves. The
@@ -26,6 +31,7 @@ chunks and batches and never touches a backend.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -33,7 +39,9 @@ import itertools
 import json
 import os
 import pickle
+import queue
 import sqlite3
+import threading
 import time
 import urllib.parse
 from array import array
@@ -56,7 +64,7 @@ from ..records import (
 __all__ = ["GATHER_SECONDS", "Checkpoint", "function_name", "read_checkpoint"]
 
 GATHER_SECONDS = 0.1
-"""At most this long a run that nobody watches gathers batches before it commits them."""
+"""How long the batches of a run that nobody watches gather before the writer gets them."""
 
 FORMAT = "1"
 """The version of the file's layout, kept in its ``meta`` table."""
@@ -117,6 +125,19 @@ _SCHEMA = (
     LEFT JOIN failures AS f ON f.batch = e.batch AND f.idx = e.idx
     GROUP BY e.idx""",
 )
+_CREATE = "\n".join((
+    # SQLite's usual pages: a batch's row spans several, but bigger ones cost more than they
+    # save, as each one the empty file's six tables and indices need is written in full.
+    "PRAGMA page_size=4096;",
+    # Made without fsync (three of them, the cost of a short run): a file that a power loss
+    # damages now holds no result yet. Its first checkpoint (at close) syncs it.
+    "PRAGMA synchronous=OFF;",
+    "PRAGMA journal_mode=WAL;",
+    "BEGIN;",
+    *(f"{statement};" for statement in _SCHEMA),
+))
+"""What makes an empty file a checkpoint, but for its ``meta`` rows, in a transaction left
+open for them."""
 _BATCH_COLUMNS = (
     "id, lo, hi, indices, pid, shared, keys, results, started, elapsed, cpu_time, peak_rss, "
     "attempts, output"
@@ -192,39 +213,84 @@ class _Stored:
         return self._values
 
 
+@attrs.frozen(slots=True)
+class _Job:
+    """A batch queued for the writer thread, with what the Runner's thread decided about it."""
+
+    batch: Batch
+    keep: list[int] | None  # the positions to write; None: all of them
+    chosen: Sequence[int]  # the indices of those tasks
+    keys: list[Any]
+    attempts: bytes | None  # each task's attempt count (packed), or None: 1 for all
+    failed: list[tuple[Any, ...]]  # the failures' rows, but for the batch's id
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end, Ctrl-C or not: no thread may outlive the run."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            thread.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            continue
+        break
+    if interrupted is not None:
+        raise interrupted
+
+
 class Checkpoint:
     """One run's hold on its checkpoint file; use :meth:`open`.
 
     Args:
         path: the file.
-        conn: the open connection.
         lock: the descriptor that holds the file's ``flock``.
         payload: what the run's tasks share.
         rerun_failed: run again the tasks that failed in an earlier run.
+        reader: a connection to the file for looking up tasks done, or None for a file that
+            is empty (nothing to look up; the writer makes it a checkpoint).
     """
 
-    def __init__(self, path: str, conn: sqlite3.Connection, lock: int, payload: Payload,
-                 rerun_failed: bool) -> None:
+    def __init__(self, path: str, lock: int, payload: Payload, rerun_failed: bool,
+                 reader: sqlite3.Connection | None) -> None:
         self.path = path
-        self.conn = conn
         self.lock = lock
+        self.reader = reader
         self.rerun_failed = rerun_failed
+        self.function = function_name(payload.func)
         try:
             self.shared = _shared_digest(payload)
-        except Exception as exc:
-            self.close()
+        except Exception as exc:  # open() lets go of the file
             msg = f"the shared arguments cannot be pickled to key the tasks: {exc}"
             raise CheckpointError(path, msg) from exc
-        end, span = conn.execute("SELECT max(hi), max(hi - lo) FROM batches").fetchone()
+        end, span = 0, 0
+        if reader is not None:
+            end, span = reader.execute("SELECT max(hi), max(hi - lo) FROM batches").fetchone()
         #: No task at or beyond this index is in the file: no need to look for it there.
         self.end = end or 0
         self.span = span or 0
         self.pending: dict[int, Any] = {}  # the keys of tasks sent and not yet written
+        # The same for chunks of consecutive tasks, by their first index: a dict entry per
+        # task would cost a run of tiny tasks more than its checkpoint's writing.
+        self.pending_runs: dict[int, list[Any]] = {}
         self._window = (-1, -1)
         self._found: dict[int, tuple[_Stored, int]] = {}
         self._failures: dict[tuple[int, int], tuple[Any, ...]] = {}
         self.wall_offset = time.time() - time.perf_counter()
-        self._begun = 0.0  # when write() began the transaction it gathers batches into
+        # What the writer thread is to do: batches to write in one transaction (none: make
+        # the file ready), an Event to set once what came before is committed, or None: stop.
+        self._jobs: queue.SimpleQueue[list[_Job] | threading.Event | None] = queue.SimpleQueue()
+        self._held: list[_Job] = []  # batches not handed to the writer yet
+        self._handed = time.monotonic()  # when batches were last handed to it
+        self._prepared = False  # the writer was given something to do
+        self._unflushed = False  # batches were handed over since the last flush
+        self._error: CheckpointError | None = None  # what stopped the writer
+        self._raised = False  # the caller was given that error
+        self._finishing = False  # the writer was told that nothing more comes
+        self._conn: sqlite3.Connection | None = None  # the writer's, once it needs one
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._serve, name="parallel_jobs-checkpoint", daemon=True)
+        self._thread.start()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], payload: Payload, *,
@@ -246,34 +312,72 @@ class Checkpoint:
             os.close(lock)
             msg = "another run is using it (a process holds its lock); wait for it to end"
             raise CheckpointError(name, msg) from exc
-        conn: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
-            _check_or_create(conn, name, function_name(payload.func))
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: commits need no fsync
-            return cls(name, conn, lock, payload, rerun_failed)
+            # An empty file with no write-ahead log (a first run's) holds nothing to check or
+            # look up: the writer thread makes it a checkpoint while the run starts.
+            if os.fstat(lock).st_size or os.path.exists(name + "-wal"):
+                reader = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
+                _check_or_create(reader, name, function_name(payload.func))
+            return cls(name, lock, payload, rerun_failed, reader)
         except BaseException:
-            if conn is not None:
-                conn.close()
+            if reader is not None:
+                reader.close()
             os.close(lock)  # after the connection: closing it drops SQLite's own locks too
             raise
 
+    def finish(self) -> None:
+        """Tell the writer that nothing more comes: it commits and folds the write-ahead log
+        into the file while the caller does something else (:meth:`close` waits for it)."""
+        if self._finishing:
+            return
+        self._finishing = True
+        try:
+            if self.reader is not None:
+                self.reader.close()  # before the writer's: the last one closed folds in the log
+            self._hand_over()
+        finally:
+            self._jobs.put(None)
+
     def close(self) -> None:
-        """Let go of the file (safe to repeat)."""
+        """Wait until the writer has committed everything and stopped, and let go of the file
+        (safe to repeat).
+
+        Raises:
+            CheckpointError: the writer failed, and no call told the caller yet.
+        """
         if self.lock < 0:
             return
         try:
-            if self.conn.in_transaction:
-                self.conn.execute("COMMIT")  # what write() gathered
-            # Closing folds the write-ahead log into the file. Without fsync: what was
-            # committed is in the operating system's hands either way, which is what a killed
-            # process needs; the three syncs (3-15 ms each on a virtual disk) would double the
-            # cost of a short run, for a power cut's sake only.
-            self.conn.execute("PRAGMA synchronous=OFF")
-            self.conn.close()
+            self.finish()
+            if self._thread is not None:
+                _join(self._thread)
+                self._thread = None
         finally:
             os.close(self.lock)
             self.lock = -1
+        self._check()
+
+    def flush(self) -> None:
+        """Wait until everything written so far is committed: call it before reporting a
+        written task done.
+
+        Raises:
+            CheckpointError: the writer failed.
+        """
+        self._hand_over()
+        if self._unflushed:
+            committed = threading.Event()
+            self._jobs.put(committed)
+            committed.wait()
+            self._unflushed = False
+        self._check()
+
+    def _check(self) -> None:
+        """Raise the writer's error, once."""
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -298,7 +402,7 @@ class Checkpoint:
         keys = self.keys(chunk)
         indices = chunk.indices
         done: list[tuple[int, _Stored, int]] = []
-        if indices and min(indices) < self.end:
+        if self.end and indices and min(indices) < self.end:
             for pos, index in enumerate(indices):
                 found = self._lookup(index)
                 if found is not None:
@@ -308,7 +412,10 @@ class Checkpoint:
                         done.append((pos, stored, at))
         pending = self.pending
         if not done:
-            pending.update(zip(indices, keys, strict=True))
+            if type(indices) is range and indices.step == 1:
+                self.pending_runs[indices.start] = keys
+            else:
+                pending.update(zip(indices, keys, strict=True))
             return [], chunk
         skip = {pos for pos, _, _ in done}
         rest = [pos for pos in range(len(indices)) if pos not in skip]
@@ -335,11 +442,12 @@ class Checkpoint:
 
     def _read_window(self, start: int, stop: int) -> None:
         """Read the batches that may hold tasks ``start`` to ``stop``; later batches win."""
+        assert self.reader is not None, "an empty file has nothing to read"
         try:
-            rows = self.conn.execute(
+            rows = self.reader.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE lo >= ? AND lo < ? ORDER BY id",
                 (start - self.span, stop)).fetchall()
-            failures = self.conn.execute(
+            failures = self.reader.execute(
                 "SELECT idx, batch, status, error_type, error_message, traceback, exception "
                 "FROM failures WHERE idx >= ? AND idx < ?", (start, stop)).fetchall()
             found: dict[int, tuple[_Stored, int]] = {}
@@ -392,70 +500,181 @@ class Checkpoint:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def write(self, batch: Batch, final: set[int], attempts_of: Callable[[int], int],
-              now: bool = True) -> None:
-        """Commit the outcomes of ``batch`` as one row; a failure that is not in ``final`` will
-        be retried, and is not written.
+    def write(self, batch: Batch, final: set[int], attempts_of: Callable[[int], int]) -> None:
+        """Queue the outcomes of ``batch`` for the writer thread, which commits them as one row
+        (see :meth:`flush`); a failure that is not in ``final`` will be retried, and is not
+        written. ``batch`` must not change afterwards.
 
-        ``now``: commit before returning, because something will report these tasks done.
-        Otherwise (a ``run()`` that nobody watches until it returns), batches gather into one
-        transaction, committed every ``GATHER_SECONDS`` and when the file is closed: a commit
-        costs more than a batch of tiny tasks, and a process killed meanwhile loses only what
-        nobody was told had finished.
+        Raises:
+            CheckpointError: the writer failed.
         """
+        self._check()
         indices, failures = batch.indices, batch.failures
         keep: list[int] | None = None  # positions to write; None: all of them
-        if failures and any(batch.indices[pos] not in final for pos in failures):
+        if failures and any(indices[pos] not in final for pos in failures):
             keep = [pos for pos in range(len(indices))
                     if pos not in failures or indices[pos] in final]
-        pick = _picker(keep)
-        chosen = pick(indices)
+        keys = self._sent_keys(indices, cut=bool(batch.requeue))
+        chosen = indices if keep is None else [indices[pos] for pos in keep]
         if not chosen:
             return  # a chunk stopped before any of its tasks ran
-        keys = list(map(self.pending.pop, chosen, itertools.repeat(None)))
+        keys = _picker(keep)(keys)
+        # Pickled now: the Runner adds notes and the remote traceback to what was raised next.
+        failed = [(indices[pos], FAILED, failure.type_name, failure.message, failure.traceback,
+                   _dumps_exception(failure.exception)) for pos, failure in failures.items()
+                  if keep is None or pos in keep]
+        # A range is a first attempt: every count is 1. Counted now: a retry changes them.
+        attempts = None if type(indices) is range else array(
+            "I", map(attempts_of, chosen)).tobytes()
+        self._held.append(_Job(batch, keep, chosen, keys, attempts, failed))
+        # A run of tiny tasks hands its batches over in bundles, each one transaction (a
+        # commit costs more than a batch), and the writer wakes once a bundle; a slower
+        # run hands each batch over as it comes.
+        now = time.monotonic()
+        if now - self._handed >= GATHER_SECONDS:
+            self._hand_over()
+            self._handed = now
+        elif not self._prepared:
+            self._jobs.put([])  # the writer makes a new file ready while batches gather
+        self._prepared = True
+
+    def _hand_over(self) -> None:
+        """Give the held batches to the writer."""
+        if self._held:
+            self._jobs.put(self._held)
+            self._held = []
+            self._unflushed = True
+
+    def _sent_keys(self, indices: Sequence[int], cut: bool) -> list[Any]:
+        """The keys of the tasks ``indices`` as they were sent, forgotten here (a task run
+        again is sent again, with its key). ``cut``: the rest of their chunk did not run, and
+        will be sent again."""
+        if type(indices) is range and indices.step == 1:
+            keys = self.pending_runs.pop(indices.start, None)
+            if keys is not None:
+                count = len(indices)
+                if len(keys) > count:
+                    if not cut:  # the rest of the chunk comes back in a later batch
+                        self.pending_runs[indices.start + count] = keys[count:]
+                    del keys[count:]
+                return keys
+        return list(map(self.pending.pop, indices, itertools.repeat(None)))
+
+    def _serve(self) -> None:
+        """The writer thread: write each bundle of batches it is handed in one transaction,
+        until told to stop."""
+        job: list[_Job] | threading.Event | None = None
+        try:
+            while True:
+                job = self._jobs.get()
+                if isinstance(job, list):
+                    self._commit(job)
+                elif job is None:
+                    self._connect()  # a file that no batch reached is made a checkpoint too
+                    break
+                else:
+                    job.set()
+            self._let_go()
+        except BaseException as exc:
+            self._fail(exc)
+            if job is not None:
+                self._drain()
+            self._let_go()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Keep the first error of the writer for the caller, as a CheckpointError."""
+        if self._error is not None:
+            return
+        detail = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+        self._error = CheckpointError(self.path, f"cannot be written: {detail}")
+        self._error.__cause__ = exc
+
+    def _let_go(self) -> None:
+        """Close the writer's connection, which folds the write-ahead log into the file.
+
+        Without fsync: what was committed is in the operating system's hands either way,
+        which is what a killed process needs; the three syncs (3-15 ms each on a virtual disk)
+        would double the cost of a short run, for a power cut's sake only.
+        """
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.close()
+        except sqlite3.Error as exc:
+            conn.close()
+            self._fail(exc)
+
+    def _connect(self) -> sqlite3.Connection:
+        """The writer's connection, opened (and the file made a checkpoint) at first use."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=False)
+            if self.reader is None:
+                _create(self._conn, self.function)
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: commits need no fsync
+        return self._conn
+
+    def _commit(self, bundle: list[_Job]) -> None:
+        """Write the batches of ``bundle`` in one transaction."""
+        conn = self._connect()
+        if not bundle:
+            return
+        conn.execute("BEGIN")
+        try:
+            for job in bundle:
+                self._insert(conn, job)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # the first error says what failed
+                    conn.execute("ROLLBACK")
+            raise
+
+    def _drain(self) -> None:
+        """After a failure: take the jobs without writing them, waking who waits for a flush,
+        until told to stop."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if isinstance(job, threading.Event):
+                job.set()
+
+    def _insert(self, conn: sqlite3.Connection, job: _Job) -> None:
+        """Write one queued batch as one row (and a row per failure)."""
+        batch, keep, chosen = job.batch, job.keep, job.chosen
+        indices = batch.indices
+        pick = _picker(keep)
         values = pick(batch.values)
-        problems: list[tuple[Any, ...]] = []
+        problems = list(job.failed)
         try:
             results = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             results = self._dump_each(values, chosen, problems)
-        offset = self.wall_offset
-        started = array("d", [s + offset if s else 0.0 for s in pick(batch.started)])
-        counted = type(indices) is not range  # a range is a first attempt: every count is 1
-        attempts = array("I", map(attempts_of, chosen)).tobytes() if counted else None
         output = None
         if batch.stdout is not None:
             output = json.dumps(list(zip(pick(batch.stdout), pick(batch.stderr or (
                 [""] * len(indices))), strict=True)))
-        if failures:
-            for pos, failure in failures.items():
-                if keep is None or pos in keep:
-                    problems.append((indices[pos], FAILED, failure.type_name, failure.message,
-                                     failure.traceback, _dumps_exception(failure.exception)))
-        lo, hi = min(chosen), max(chosen) + 1
         # Consecutive tasks (the common case) need no list: lo and hi say which they are.
-        listed = None if hi - lo == len(chosen) and chosen == list(range(lo, hi)) else (
-            json.dumps(chosen))
+        if type(chosen) is range and chosen.step == 1:
+            lo, hi, listed = chosen.start, chosen.stop, None
+        else:
+            lo, hi = min(chosen), max(chosen) + 1
+            listed = None if hi - lo == len(chosen) and list(chosen) == list(range(lo, hi)) else (
+                json.dumps(list(chosen)))
         row = (
             lo, hi, listed, batch.pid, time.time(),
-            self.shared, pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL), results,
-            started.tobytes(), _floats(pick(batch.elapsed)), _floats(pick(batch.cpu_time)),
-            array("q", pick(batch.peak_rss)).tobytes(), attempts, output,
+            self.shared, pickle.dumps(job.keys, protocol=pickle.HIGHEST_PROTOCOL), results,
+            _wall_clock(_packed(batch.started, "d", keep), self.wall_offset),
+            _packed(batch.elapsed, "d", keep).tobytes(),
+            _packed(batch.cpu_time, "d", keep).tobytes(),
+            _packed(batch.peak_rss, "q", keep).tobytes(), job.attempts, output,
         )
-        conn = self.conn
-        try:
-            if not conn.in_transaction:
-                conn.execute("BEGIN")
-                self._begun = time.monotonic()
-            number = conn.execute(_INSERT_BATCH, row).lastrowid
-            if problems:
-                conn.executemany(_INSERT_FAILURE, [(p[0], number, *p[1:]) for p in problems])
-            if now or time.monotonic() - self._begun >= GATHER_SECONDS:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise CheckpointError(self.path, f"cannot be written: {exc}") from exc
+        number = conn.execute(_INSERT_BATCH, row).lastrowid
+        if problems:
+            conn.executemany(_INSERT_FAILURE, [(p[0], number, *p[1:]) for p in problems])
 
     @staticmethod
     def _dump_each(values: list[Any], indices: Sequence[int],
@@ -489,8 +708,17 @@ def _picker(keep: list[int] | None) -> Callable[[Sequence[Any]], list[Any]]:
     return lambda column: [column[pos] for pos in keep]
 
 
-def _floats(values: Iterable[float]) -> bytes:
-    return array("d", values).tobytes()
+def _packed(column: Sequence[Any], typecode: str, keep: list[int] | None) -> array[Any]:
+    """The positions ``keep`` (None: all) of ``column``, as an array of ``typecode``."""
+    if keep is None and isinstance(column, array) and column.typecode == typecode:
+        return column
+    return array(typecode, _picker(keep)(column))
+
+
+def _wall_clock(started: array[float], offset: float) -> bytes:
+    """Packed ``started`` times, moved from ``perf_counter`` to ``time.time`` by ``offset``;
+    0 (a task that never started) stays 0."""
+    return array("d", [s + offset if s else 0.0 for s in started]).tobytes()
 
 
 def _columns(columns: tuple[bytes, bytes, bytes, bytes, bytes | None, str | None]) -> tuple[
@@ -520,21 +748,7 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
     """
     tables = _tables(conn, path, "; it was left as it was")
     if not tables:
-        from .. import __version__
-
-        # Big pages: a batch's row then spans a page or two, and its commit writes a few.
-        conn.execute("PRAGMA page_size=65536")
-        # Made without fsync (three of them, the cost of a short run): a file that a power
-        # loss damages now holds no result yet. Its first checkpoint (at close) syncs it.
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("BEGIN")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        meta = {"format": FORMAT, "function": function, "library": __version__,
-                "created": datetime.datetime.now().isoformat(timespec="seconds")}
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        conn.execute("COMMIT")
+        _create(conn, function)
         return
     meta = _read_meta(conn, path, tables)
     if meta.get("function") != function:
@@ -543,6 +757,19 @@ def _check_or_create(conn: sqlite3.Connection, path: str, function: str) -> None
             "path, or delete the file to start afresh"
         )
         raise CheckpointError(path, msg)
+
+
+def _create(conn: sqlite3.Connection, function: str) -> None:
+    """Make the empty file of ``conn`` a checkpoint for ``function``."""
+    from .. import __version__
+
+    # One script, one transaction: each statement run on its own would wait for the GIL
+    # again, and the Runner's thread holds it while it dispatches.
+    conn.executescript(_CREATE)
+    meta = {"format": FORMAT, "function": function, "library": __version__,
+            "created": datetime.datetime.now().isoformat(timespec="seconds")}
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    conn.execute("COMMIT")
 
 
 def _read_meta(conn: sqlite3.Connection, path: str, tables: set[str]) -> dict[str, str]:

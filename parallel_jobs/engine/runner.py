@@ -380,7 +380,7 @@ class Runner:
     def run(self) -> None:
         """Run every task (or until ``die`` or a callback stops the run); always clean up."""
         # Nobody sees a task finish before run() returns unless a callback or a progress bar
-        # shows it: a checkpoint may then gather batches into fewer commits.
+        # shows it: a checkpoint then need not be flushed before then.
         self._watched = self.callback is not None or type(self.reporter) is not NullReporter
         for _ in self.iterate():
             pass
@@ -433,9 +433,10 @@ class Runner:
 
     def _finish(self, abort: bool) -> None:
         """Release what the run holds, in this order, each step even when one before it
-        raised: copy the shared globaldict out, take the monitor's final sample (while retired
-        workers exit, see Backend.retire_idle), shut the backend down, close the checkpoint,
-        mark the tasks never run, draw the bar a last time, and record the outcome."""
+        raised: tell the checkpoint's writer that nothing more comes (its last commit overlaps
+        the steps that follow), copy the shared globaldict out, take the monitor's final sample
+        (while retired workers exit, see Backend.retire_idle), shut the backend down, close the
+        checkpoint, mark the tasks never run, draw the bar a last time, and record the outcome."""
         with contextlib.ExitStack() as release:
             # An ExitStack calls back last in, first out: the steps go on in reverse order.
             release.callback(self._conclude)
@@ -444,6 +445,8 @@ class Runner:
             release.callback(self.backend.shutdown, abort=abort)
             release.callback(self.monitor.stop)
             release.callback(self._copy_globaldict)
+            if self.checkpoint is not None:
+                release.callback(self.checkpoint.finish)
 
     def _copy_globaldict(self) -> None:
         shared = self.payload.kwargs.get("globaldict")
@@ -480,6 +483,8 @@ class Runner:
                 raise KeyboardInterrupt(msg)
             for batch in batches:
                 self._absorb(batch)
+            if self.checkpoint is not None and self._watched:
+                self.checkpoint.flush()  # the file must hold what is reported next
             if batches and not source.has_more():
                 backend.retire_idle()
             self.reporter.update(self.store.done, self.store.failed, self.monitor.latest)
@@ -550,8 +555,9 @@ class Runner:
         if self.payload.echo and batch.stdout is not None:
             _echo(batch)
         if self.checkpoint is not None:
-            # Before anything reports these tasks done: the file must hold what was reported.
-            self.checkpoint.write(batch, final, store.attempts_of, now=self._watched)
+            self.checkpoint.write(batch, final, store.attempts_of)
+            if self.callback is not None:
+                self.checkpoint.flush()  # the file must hold what the callback is told
         if not self.stopped:
             self.source.retry.extend(batch.requeue)
         if batch.started and batch.started[0]:
