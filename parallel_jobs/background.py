@@ -37,7 +37,7 @@ class BackgroundRun:
 
     def _target(self) -> None:
         try:
-            self.runner.run()
+            self.runner.run(watched=True)  # monitor() may show the store
         except BaseException as exc:
             self.error = exc
         finally:

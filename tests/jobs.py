@@ -642,3 +642,13 @@ def log_and_square(x: int) -> int:
     logger.warning("working on %d", x)
     logger.info("details of %d", x)
     return x * x
+
+
+# -- checkpoint of a background run ---------------------------------------------------------
+
+
+def square_or_wait(x: int, hold: int, path: str) -> int:
+    """``x * x``; task ``hold`` first waits for ``path`` to exist."""
+    if x == hold:
+        wait_for_path(x, path)
+    return x * x

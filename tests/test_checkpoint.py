@@ -28,6 +28,7 @@ from tests.jobs import (
     noisy_square,
     signal_self_on,
     square,
+    square_or_wait,
     wait_for_path,
     with_any_keywords,
 )
@@ -411,6 +412,26 @@ def test_what_the_callback_is_told_is_in_the_file_first(tmp_path: Path) -> None:
     pj.parallelize(square, range(30), ncpus=2, chunksize=2, callback=check, checkpoint=db)
     assert sorted(told) == list(range(30))
     assert not _writers()
+
+
+@pytest.mark.timeout(30)
+def test_what_a_background_run_shows_done_is_in_the_file_first(tmp_path: Path) -> None:
+    # monitor() draws a background run's store while it runs: with no callback and no bar,
+    # the run must still commit what the store counts as done.
+    db, gate = tmp_path / "sweep.sqlite", tmp_path / "go"
+    P = pj.Parallel(square_or_wait, range(6), kwargs={"hold": 4, "path": str(gate)},
+                    ncpus=1, chunksize=1, checkpoint=db)
+    P.run_async()
+    try:
+        deadline = time.monotonic() + 20
+        while P._store is None or P._store.done < 4:  # tasks 0-3 done; task 4 waits
+            assert time.monotonic() < deadline, "the first four tasks never finished"
+            time.sleep(0.005)
+        assert all(_holds(db, i) for i in range(4))
+    finally:
+        gate.touch()
+        P.finalize()
+    assert P.results == [x * x for x in range(6)]
 
 
 @pytest.mark.timeout(30)

@@ -377,11 +377,18 @@ class Runner:
         """What the run left besides its tasks' outcomes, once it has ended (else None)."""
         return self._outcome
 
-    def run(self) -> None:
-        """Run every task (or until ``die`` or a callback stops the run); always clean up."""
+    def run(self, *, watched: bool = False) -> None:
+        """Run every task (or until ``die`` or a callback stops the run); always clean up.
+
+        Args:
+            watched: someone may read the store while the run goes on (a background run's
+                :meth:`~parallel_jobs.Parallel.monitor`), so what it shows as done must be
+                in the checkpoint already.
+        """
         # Nobody sees a task finish before run() returns unless a callback or a progress bar
         # shows it: a checkpoint then need not be flushed before then.
-        self._watched = self.callback is not None or type(self.reporter) is not NullReporter
+        self._watched = (watched or self.callback is not None
+                         or type(self.reporter) is not NullReporter)
         for _ in self.iterate():
             pass
 
