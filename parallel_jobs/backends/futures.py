@@ -20,23 +20,16 @@ import concurrent.futures as cf
 import multiprocessing
 import pickle
 import signal
-import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import InitializerError, TaskTimeoutError, WorkerCrashedError
+from ..errors import InitializerError, WorkerCrashedError
 from ..health import prepare_threads, start_worker
 from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
-from .base import (
-    Backend,
-    BackendOptions,
-    chunk_failed,
-    kill_tree,
-    logger,
-    wait_for_deadlines,
-)
+from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .deadlines import running_task
 from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
@@ -76,13 +69,11 @@ def _run(message: bytes) -> bytes:
 class FuturesBackend(Backend):
     """Chunks submitted to a ``ProcessPoolExecutor`` of ``ncpus`` processes."""
 
-    name = "concurrent.futures"
-    stops_tasks = False
     reseeds = True
+    abandons_overruns = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
-        self.max_chunk = 1 if options.timeout is not None else None
         self.context = multiprocessing.get_context(options.start_method)
         # Chunks are pickled here, not by the executor: the standard pickler cannot send what a
         # notebook's __main__ defines to a spawned worker.
@@ -154,24 +145,16 @@ class FuturesBackend(Backend):
         except cf.InvalidStateError:
             pass  # already woken
 
-    def _starts(self) -> dict[int, float]:
-        """When each running task started, by task index, as the workers' slots say."""
-        starts = {}
-        for slot in self.slots or ():
-            started = slot[1]
-            index = int(slot[0])
-            if started != IDLE and slot[1] == started:  # not a task ending meanwhile
-                starts[index] = started
-        return starts
+    def _running(self) -> Iterator[tuple[cf.Future[bytes], int, float | None]]:
+        """Each future in flight, its task (with a timeout, every chunk holds one) and when that
+        task started, as the workers' slots say (None: not yet)."""
+        starts = dict(task for task in map(running_task, self.slots or ()) if task is not None)
+        for future, chunk in self.futures.items():
+            index = chunk.indices[0]
+            yield future, index, starts.get(index)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        if self.options.timeout is not None:
-            # A task not started yet has no deadline so far: look again after one timeout,
-            # which cannot be later than the deadline of a task it starts meanwhile.
-            now = time.perf_counter()
-            running = self._starts()
-            starts = [running.get(chunk.indices[0], now) for chunk in self.futures.values()]
-            timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        timeout = self.deadlines.wait(timeout, (started for _, _, started in self._running()))
         done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False
@@ -198,22 +181,16 @@ class FuturesBackend(Backend):
         return batches
 
     def _expire(self) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is None:
-            return []
-        running = self._starts()
-        now = time.perf_counter()
         batches = []
-        for future, chunk in list(self.futures.items()):
-            index = chunk.indices[0]  # with a timeout, every chunk holds one task
-            started = running.get(index)
-            if started is None or now - started < limit or future.done():
-                continue
-            del self.futures[future]
+        for overrun in self.deadlines.overdue(self._running()):
+            future = overrun.holder
+            if future.done():
+                continue  # it ended in time and is on its way to collect()
+            chunk = self.futures.pop(future)
             self.abandoned.add(future)
-            error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(Batch.lost(index, error, pid=0, started=started,
-                                      elapsed=now - started))
+            batches.append(self.deadlines.timed_out(
+                overrun, chunk, pid=0, stopped=False,
+                action="abandoning it (its process dies with the pool)"))
         return batches
 
     def _kill_executor(self) -> None:
