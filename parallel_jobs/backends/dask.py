@@ -56,6 +56,7 @@ from ..errors import SerializationError, WorkerCrashedError
 from ..records import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
 from .base import Backend, BackendOptions, chunk_failed, logger, run_copied
+from .deadlines import Running
 from .wire import decode_batch, encode_chunk, pack_per_task
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
@@ -317,7 +318,7 @@ class DaskBackend(Backend):
             timeout = RECOUNT_SECONDS if timeout is None else min(timeout, RECOUNT_SECONDS)
         elif not self.futures:
             return []
-        timeout = self.deadlines.wait(timeout, (started for _, _, started in self._running()))
+        timeout = self.deadlines.wait(timeout, self._busy())
         done = []
         try:
             done.append(self.finished.get(timeout=timeout))
@@ -394,15 +395,16 @@ class DaskBackend(Backend):
             started=flight.sent_at, elapsed=time.perf_counter() - flight.sent_at,
         )
 
-    def _running(self) -> Iterator[tuple[str, int, float | None]]:
-        """Each chunk in flight (by key), its task (with a timeout, every chunk holds one) and
-        when it started, as its worker's event said (None: not yet)."""
+    def _busy(self) -> Iterator[tuple[str, Running | None]]:
+        """Each chunk in flight (by key) and its task, running since its worker's event said
+        (see ``Deadlines.wait``; with a timeout, every chunk holds one task)."""
         for key, flight in self.futures.items():
-            yield key, flight.chunk.indices[0], self.started.get(key)
+            started = self.started.get(key)
+            yield key, (None if started is None else (flight.chunk.indices[0], started))
 
     def _expire(self) -> list[Batch]:
         batches = []
-        for overrun in self.deadlines.overdue(self._running()):
+        for overrun in self.deadlines.overdue(self._busy()):
             key = overrun.holder
             flight = self.futures[key]
             if flight.future.done():

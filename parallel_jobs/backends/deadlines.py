@@ -27,9 +27,11 @@ from ..errors import TaskTimeoutError
 from ..records import Batch, Chunk, Failure
 from ..worker import IDLE, INDEX, STARTED
 
-__all__ = ["Deadlines", "Overrun", "running_task"]
+__all__ = ["Deadlines", "Overrun", "Running", "running_task"]
 
 T = TypeVar("T")
+#: A running task: its index, and when it started (``perf_counter`` seconds).
+Running = tuple[int, float]
 
 logger = logging.getLogger("parallel_jobs")
 
@@ -45,7 +47,7 @@ class Overrun(Generic[T]):
     elapsed: float
 
 
-def running_task(slot: Sequence[float]) -> tuple[int, float] | None:
+def running_task(slot: Sequence[float]) -> Running | None:
     """The task that a worker's shared ``slot`` says is running, and since when; None when the
     worker runs none.
 
@@ -72,9 +74,9 @@ class Deadlines:
         >>> deadlines = Deadlines(1.0)
         >>> deadlines.wait(5.0, [])
         5.0
-        >>> Deadlines(None).wait(None, [time.perf_counter()]) is None
+        >>> Deadlines(None).wait(None, [("worker", (7, time.perf_counter()))]) is None
         True
-        >>> [o.index for o in deadlines.overdue([("worker", 7, time.perf_counter() - 2.0)])]
+        >>> [o.index for o in deadlines.overdue([("worker", (7, time.perf_counter() - 2.0))])]
         [7]
     """
 
@@ -83,32 +85,35 @@ class Deadlines:
     def __init__(self, limit: float | None) -> None:
         self.limit = limit
 
-    def wait(self, timeout: float | None, starts: Iterable[float | None]) -> float | None:
+    def wait(self, timeout: float | None,
+             busy: Iterable[tuple[Any, Running | None]]) -> float | None:
         """How long a backend may wait for outcomes: the caller's ``timeout`` (None: as long as
-        it takes), cut short at the earliest deadline of tasks that started at ``starts``.
+        it takes), cut short at the earliest deadline of the tasks of ``busy``.
 
-        A start of None is a task handed over but not started yet (a spawned worker may still be
-        importing): it has no deadline so far, so look again after one ``limit``, which cannot
-        be later than the deadline of a task that starts meanwhile.
+        ``busy`` holds, for each chunk handed over, what runs it (the backend's own handle) and
+        its running task, or None when none has started yet (a spawned worker may still be
+        importing): that one has no deadline so far, so look again after one ``limit``, which
+        cannot be later than the deadline of a task that starts meanwhile. It is only read
+        when there is a limit.
         """
         limit = self.limit
         if limit is None:
             return timeout
         now = time.perf_counter()
-        for started in starts:
-            remaining = limit if started is None else max(0.0, started + limit - now)
+        for _, task in busy:
+            remaining = limit if task is None else max(0.0, task[1] + limit - now)
             timeout = remaining if timeout is None else min(timeout, remaining)
         return timeout
 
-    def overdue(self, running: Iterable[tuple[T, int, float | None]]) -> list[Overrun[T]]:
-        """The tasks of ``running`` (holder, task index, start or None) past their deadline."""
+    def overdue(self, busy: Iterable[tuple[T, Running | None]]) -> list[Overrun[T]]:
+        """The tasks of ``busy`` (as for :meth:`wait`) that are past their deadline."""
         limit = self.limit
         if limit is None:
             return []
         now = time.perf_counter()
-        return [Overrun(holder, index, started, now - started)
-                for holder, index, started in running
-                if started is not None and now - started >= limit]
+        return [Overrun(holder, task[0], task[1], now - task[1])
+                for holder, task in busy
+                if task is not None and now - task[1] >= limit]
 
     def timed_out(self, overrun: Overrun[Any], chunk: Chunk, *, pid: int, stopped: bool,
                   action: str) -> Batch:

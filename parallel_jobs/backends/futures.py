@@ -29,7 +29,7 @@ from ..health import prepare_threads, start_worker
 from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
-from .deadlines import running_task
+from .deadlines import Running, running_task
 from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
@@ -145,16 +145,16 @@ class FuturesBackend(Backend):
         except cf.InvalidStateError:
             pass  # already woken
 
-    def _running(self) -> Iterator[tuple[cf.Future[bytes], int, float | None]]:
-        """Each future in flight, its task (with a timeout, every chunk holds one) and when that
-        task started, as the workers' slots say (None: not yet)."""
+    def _busy(self) -> Iterator[tuple[cf.Future[bytes], Running | None]]:
+        """Each future in flight and its task, running since when the workers' slots say (see
+        ``Deadlines.wait``; with a timeout, every chunk holds one task)."""
         starts = dict(task for task in map(running_task, self.slots or ()) if task is not None)
         for future, chunk in self.futures.items():
             index = chunk.indices[0]
-            yield future, index, starts.get(index)
+            yield future, ((index, starts[index]) if index in starts else None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        timeout = self.deadlines.wait(timeout, (started for _, _, started in self._running()))
+        timeout = self.deadlines.wait(timeout, self._busy())
         done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False
@@ -182,7 +182,7 @@ class FuturesBackend(Backend):
 
     def _expire(self) -> list[Batch]:
         batches = []
-        for overrun in self.deadlines.overdue(self._running()):
+        for overrun in self.deadlines.overdue(self._busy()):
             future = overrun.holder
             if future.done():
                 continue  # it ended in time and is on its way to collect()

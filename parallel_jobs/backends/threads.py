@@ -19,7 +19,7 @@ from ..health import start_in_thread
 from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, INDEX, STARTED, STOP, run_chunk
 from .base import Backend, BackendOptions, run_copied
-from .deadlines import running_task
+from .deadlines import Running, running_task
 
 __all__ = ["ThreadBackend"]
 
@@ -111,7 +111,7 @@ class ThreadBackend(Backend):
         self.outbox.put(None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        timeout = self.deadlines.wait(timeout, (started for _, _, started in self._running()))
+        timeout = self.deadlines.wait(timeout, self._busy())
         batches: list[Batch] = []
         try:
             item = self.outbox.get(timeout=timeout) if self.in_flight() else None
@@ -128,16 +128,15 @@ class ThreadBackend(Backend):
         batches.extend(self._expire())
         return batches
 
-    def _running(self) -> Iterator[tuple[_ThreadWorker, int, float]]:
-        """Each busy thread, the task it runs and since when."""
+    def _busy(self) -> Iterator[tuple[_ThreadWorker, Running | None]]:
+        """Each busy thread and the task it runs (see ``Deadlines.wait``)."""
         for worker in self.workers:
-            task = running_task(worker.slot) if worker.chunk is not None else None
-            if task is not None:
-                yield worker, *task
+            if worker.chunk is not None:
+                yield worker, running_task(worker.slot)
 
     def _expire(self) -> list[Batch]:
         batches = []
-        for overrun in self.deadlines.overdue(self._running()):
+        for overrun in self.deadlines.overdue(self._busy()):
             worker = overrun.holder
             assert worker.chunk is not None
             worker.abandoned = True
