@@ -135,6 +135,9 @@ class FuturesBackend(Backend):
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its
         # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.
+        # The executor has no public way to do so: a private name, read with getattr so that a
+        # Python without it still runs. Without it test_faults.py::
+        # test_fast_backend_dies_on_a_crash_without_waiting[spawn] fails one run in three.
         wakeup = getattr(self.executor, "_executor_manager_thread_wakeup", None)
         if wakeup is not None:
             wakeup.wakeup()
@@ -198,6 +201,10 @@ class FuturesBackend(Backend):
         executor, self.executor = self.executor, None
         if executor is None:
             return
+        # shutdown() lets running tasks finish, and a hung or abandoned task never does: its
+        # process must be killed. The executor names its processes only in a private attribute
+        # (a public kill_workers() arrives in Python 3.14); without it test_interrupt.py::
+        # test_an_interrupt_stops_the_run_cleanly[*-fast-*] fails, its workers left running.
         processes = dict(getattr(executor, "_processes", None) or {})
         executor.shutdown(wait=False, cancel_futures=True)
         for process in processes.values():

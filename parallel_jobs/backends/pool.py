@@ -112,6 +112,9 @@ def _preload_forkserver(module: Any) -> None:
 
     Modules already asked for are kept; nothing changes once the server runs.
     """
+    # The list the caller asked for is kept only in the fork server's private attributes; read
+    # it, or this call would drop it (test_pool_lifecycle.py::
+    # test_the_fork_server_keeps_what_the_caller_asked_it_to_preload fails without it).
     server = getattr(importlib.import_module(f"{module.__name__}.forkserver"), "_forkserver", None)
     preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
     for name in ("parallel_jobs.worker", "numpy"):
