@@ -226,6 +226,10 @@ class _KeptWorkers:
         them out of the process libraries' records, whose exit handler would join them."""
         for pool in self.idle.values():
             for worker in pool:
+                # Those records are private (multiprocessing.process._children), and no public
+                # call drops a process the child did not start; without this the child's exit
+                # fails, test_kept_workers.py::
+                # test_a_forked_child_leaves_the_parents_kept_workers_alone[spawn] shows how.
                 for name in ("multiprocess.process", "multiprocessing.process"):
                     module = sys.modules.get(name)
                     if module is not None:
@@ -295,6 +299,9 @@ def _after_fork_in_child() -> None:
     touches nor keeps them alive; it starts its own when it runs something itself."""
     _KEPT.forget()
     _LIFELINES.forget()
+    # The fork server's state is private (no public call resets it); without resetting it the
+    # child waits on its parent's server: test_kept_workers.py::
+    # test_a_forked_child_leaves_the_parents_kept_workers_alone[forkserver] fails.
     for library in _FORKSERVER_LIBRARIES:
         module = sys.modules.get(f"{library}.forkserver")
         server = getattr(module, "_forkserver", None)
