@@ -258,7 +258,7 @@ def take(key: tuple[str, str], count: int) -> list[Worker]:
     return _KEPT.take(key, count)
 
 
-def keep(worker: Worker, key: tuple[str, str]) -> bool:
+def keep(key: tuple[str, str], worker: Worker) -> bool:
     """Keep idle, healthy ``worker`` for the next run of ``key``; False if it was not kept
     (enough are kept already, or it could not be told its run ended), so stop it."""
     if worker.chunk is not None or not worker.process.is_alive():

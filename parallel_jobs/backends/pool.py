@@ -137,9 +137,9 @@ class ProcessPoolBackend(Backend):
     def __init__(self, options: BackendOptions, library: str = "multiprocess") -> None:
         super().__init__(options)
         self.library = library
-        self.start_method = options.start_method or default_start_method()
-        module = _process_library(library, self.start_method)
-        self.context = module.get_context(self.start_method)
+        method = options.start_method or default_start_method()
+        module = _process_library(library, method)
+        self.context = module.get_context(method)
         # Forked workers inherit the payload, start with their first chunk and are never kept.
         self.forked = self.context.get_start_method() == "fork"
         self.pickle_chunk = chunk_pickler(self.forked)
@@ -152,7 +152,6 @@ class ProcessPoolBackend(Backend):
         self.payload: Payload | bytes | None = None
         self.shared: Any = None
         self.manager: Any = None
-        self.started_workers = 0
         self.retiring: list[Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
         self.world = b""  # the parent's cwd, environment and path, sent with the payload
@@ -214,7 +213,6 @@ class ProcessPoolBackend(Backend):
         with _interrupts_held():
             process.start()
             child_conn.close()
-            self.started_workers += 1
             worker = Worker(number, process, parent_conn, slot)
             self.workers[number] = worker
         if isinstance(self.payload, bytes):
@@ -265,7 +263,7 @@ class ProcessPoolBackend(Backend):
             try:
                 if not abort:
                     # Spawned and forkserver workers are kept for the next run if they can be.
-                    live = [w for w in live if self.forked or not kept.keep(w, self.key)]
+                    live = [w for w in live if self.forked or not kept.keep(self.key, w)]
                     kept.tell_to_exit(live)
                     kept.join([*retiring, *live], grace=2.0)
             finally:
