@@ -4,6 +4,11 @@ A backend executes chunks of tasks somewhere (worker processes, threads, the cal
 a user's map function, a dask cluster) and hands back a :class:`~parallel_jobs.records.Batch` per
 chunk. The Runner decides what to run and when; a backend decides only where and how, so the
 Runner never branches on which backend it has.
+
+Besides :class:`Backend`, the helpers several backends share: deep copies for the '-copy'
+parallelizers (:func:`run_copied`), a batch failing a whole chunk (:func:`chunk_failed`), and
+killing a worker's process tree (:func:`kill_tree`). Timeouts are decided by
+:class:`~parallel_jobs.backends.deadlines.Deadlines`, which every backend holds.
 """
 
 from __future__ import annotations
