@@ -122,7 +122,7 @@ def _tell(topic: str | None, started: bool) -> None:
         worker.log_event(topic, message)
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, eq=False)
 class _Submitted:
     """A chunk in flight: its future, the payload future it depends on, whether it runs alone
     (a suspect of killing a worker, with nothing else in flight), and when it was sent."""

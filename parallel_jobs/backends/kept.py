@@ -50,11 +50,11 @@ __all__ = [
 ]
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, eq=False)
 class Worker:
     """A worker process of the default pool: its number in the pool, the process, the parent's
     end of its pipe, the slot it shares with the parent (see ``worker.run_chunk``), and the
-    chunk it runs (None: idle)."""
+    chunk it runs (None: idle). Two handles are equal only if they are the same."""
 
     number: int
     process: Any
