@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, exception_text
-from ..records import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Failure, Payload
 from ..worker import run_chunk
 from .deadlines import Deadlines
 
@@ -198,8 +198,6 @@ def kill_group(pid: int) -> None:
 
 def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
     """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
-    from ..records import Failure
-
     batch = Batch.empty(chunk.indices, pid)
     for pos, index in enumerate(chunk.indices):
         batch.failures[pos] = Failure.capture(error_for[index])

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from .._cpus import cpu_count
 from ..records import Chunk
 from ..worker import RELEASE
 from .base import kill_tree, logger
@@ -202,8 +203,6 @@ class _KeptWorkers:
 
     def keep(self, key: tuple[str, str], worker: Worker) -> bool:
         """Keep ``worker`` for a later run; False if enough are kept already."""
-        from .._cpus import cpu_count
-
         pool = self.idle.setdefault(key, [])
         if os.getpid() != self.owner or len(pool) >= cpu_count():
             return False
