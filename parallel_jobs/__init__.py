@@ -15,7 +15,7 @@ Examples:
 from ._cpus import cpu_count
 from .api import Parallel, imap, load_checkpoint, parallelize
 from .backends import PARALLELIZERS
-from .backends.pool import release_workers
+from .backends.kept import release_workers
 from .engine.monitor import LoadMonitor, LoadSample
 from .errors import (
     CheckpointError,

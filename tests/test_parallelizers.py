@@ -304,3 +304,40 @@ def test_thread_timeout_stops_waiting_for_a_task_running_alone() -> None:
     error = P.exceptions[0]
     assert isinstance(error, pj.TaskTimeoutError)
     assert error.stopped is False
+
+
+# Chunk sizes: which backends need a task per chunk, and when.
+ONE_TASK_PER_CHUNK = {
+    # parallelizer: (with a timeout, with '-copy', with neither)
+    "multiprocess": (None, None, None),
+    "multiprocessing": (None, None, None),
+    "fast": (1, None, None),
+    "thread": (1, 1, None),
+    "serial": (None, 1, None),
+    "dask": (1, 1, None),
+}
+
+
+@pytest.mark.parametrize("parallelizer", sorted(ONE_TASK_PER_CHUNK))
+def test_a_backend_takes_one_task_per_chunk_when_it_must_time_or_copy_each(
+        parallelizer: str) -> None:
+    # A thread, a future or a dask task that overruns is abandoned with every task of its
+    # chunk, and a '-copy' backend that copies once per chunk would share that copy.
+    from parallel_jobs.backends import resolve
+    from parallel_jobs.backends.base import BackendOptions
+
+    if parallelizer == "dask":
+        pytest.importorskip("distributed")
+    choice = resolve(parallelizer)
+    timed, copied, plain = ONE_TASK_PER_CHUNK[parallelizer]
+    assert choice.build(BackendOptions(ncpus=2, timeout=1.0)).max_chunk == timed
+    assert choice.build(BackendOptions(ncpus=2, copy=True)).max_chunk == copied
+    assert choice.build(BackendOptions(ncpus=2)).max_chunk == plain
+
+
+def test_a_users_map_gets_one_task_per_item() -> None:
+    from parallel_jobs.backends import resolve
+    from parallel_jobs.backends.base import BackendOptions
+
+    assert resolve(map).build(BackendOptions(ncpus=2, timeout=1.0, copy=True)).max_chunk == 1
+    assert resolve(map).build(BackendOptions(ncpus=2)).max_chunk == 1

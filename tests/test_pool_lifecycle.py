@@ -15,6 +15,7 @@ from parallel_jobs.backends.base import BackendOptions
 from parallel_jobs.backends.pool import ProcessPoolBackend
 from parallel_jobs.records import Chunk, Payload
 from tests import jobs
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                                 reason="needs fork")
@@ -71,3 +72,27 @@ def test_a_retry_after_the_idle_workers_retired_still_runs(tmp_path: Path) -> No
     assert retried.attempts == 2
     assert first.pid != retried.pid
     assert (tmp_path / "failed").exists()
+
+
+PRELOADING = """
+import multiprocessing
+import sys
+
+import parallel_jobs as pj
+
+def preloaded(_):
+    return "colorsys" in sys.modules
+
+if __name__ == "__main__":
+    multiprocessing.set_forkserver_preload(["colorsys"])
+    print(pj.parallelize(preloaded, range(2), parallelizer="multiprocessing",
+                         start_method="forkserver"))
+"""
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(),
+                    reason="needs forkserver")
+@pytest.mark.timeout(60)
+def test_the_fork_server_keeps_what_the_caller_asked_it_to_preload(tmp_path: Path) -> None:
+    # The pool adds its own modules to the fork server's preload list, and keeps the caller's.
+    assert run_script(tmp_path, PRELOADING, timeout=50) == ["[True, True]"]

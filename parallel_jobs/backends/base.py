@@ -4,6 +4,11 @@ A backend executes chunks of tasks somewhere (worker processes, threads, the cal
 a user's map function, a dask cluster) and hands back a :class:`~parallel_jobs.records.Batch` per
 chunk. The Runner decides what to run and when; a backend decides only where and how, so the
 Runner never branches on which backend it has.
+
+Besides :class:`Backend`, the helpers several backends share: deep copies for the '-copy'
+parallelizers (:func:`run_copied`), a batch failing a whole chunk (:func:`chunk_failed`), and
+killing a worker's process tree (:func:`kill_tree`). Timeouts are decided by
+:class:`~parallel_jobs.backends.deadlines.Deadlines`, which every backend holds.
 """
 
 from __future__ import annotations
@@ -12,15 +17,15 @@ import abc
 import logging
 import os
 import signal
-import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import attrs
 
 from ..errors import SerializationError, exception_text
-from ..records import Batch, Chunk, Payload
+from ..records import Batch, Chunk, Failure, Payload
 from ..worker import run_chunk
+from .deadlines import Deadlines
 
 __all__ = [
     "Backend",
@@ -30,9 +35,7 @@ __all__ = [
     "kill_group",
     "kill_tree",
     "logger",
-    "mark_overruns",
     "run_copied",
-    "wait_for_deadlines",
 ]
 
 logger = logging.getLogger("parallel_jobs")
@@ -64,12 +67,14 @@ class Backend(abc.ABC):
     ``shutdown()``, which is always called, also after errors and Ctrl-C.
     """
 
-    #: Short name shown in ``Parallel.method`` and reports.
-    name: str = "?"
-    #: Whether a task that overruns its timeout is actually stopped (processes) or only abandoned.
-    stops_tasks: bool = True
-    #: The largest chunk this backend accepts (1 when each task must be timed on its own).
-    max_chunk: int | None = None
+    #: The largest chunk this backend takes, whatever the options (None: any size).
+    chunk_limit: int | None = None
+    #: Whether a task that overruns its timeout is only abandoned with what runs it (a thread, a
+    #: future) rather than stopped: with a timeout, each task then needs a chunk of its own.
+    abandons_overruns: bool = False
+    #: Whether this backend makes the '-copy' deep copies itself, once per chunk (see
+    #: :func:`run_copied`): each task then needs a chunk of its own to get a copy of its own.
+    copies_per_chunk: bool = False
     #: Seconds of work a chunk aims at, and the least it holds once tasks are timed (see
     #: ``runner.Chunker``): a backend whose round trip costs more wants longer chunks.
     chunk_target: float = 0.02
@@ -83,10 +88,21 @@ class Backend(abc.ABC):
 
     def __init__(self, options: BackendOptions) -> None:
         self.options = options
+        self.deadlines = Deadlines(options.timeout)
         #: (pid, reason) of each worker replaced because a health option said so, and how
         #: many tasks broke ``task_memory_limit`` (see ``health``).
         self.replaced: list[tuple[int, str]] = []
         self.memory_limits_hit = 0
+
+    @property
+    def max_chunk(self) -> int | None:
+        """The largest chunk to hand this backend: 1 when each task must be timed or copied on
+        its own (see :attr:`abandons_overruns` and :attr:`copies_per_chunk`), else
+        :attr:`chunk_limit`."""
+        timed_alone = self.abandons_overruns and self.options.timeout is not None
+        if timed_alone or (self.copies_per_chunk and self.options.copy):
+            return 1
+        return self.chunk_limit
 
     def note_replaced(self, pid: int, reason: str) -> None:
         """Record (and log) that worker ``pid`` was replaced for ``reason``."""
@@ -143,10 +159,6 @@ class Backend(abc.ABC):
         others come back in their batch's ``requeue`` (see :attr:`stops_mid_chunk`)."""
         return None
 
-    def worker_pids(self) -> Sequence[int]:
-        """The process ids of the live workers (empty for in-process backends)."""
-        return ()
-
 
 def kill_tree(pid: int) -> None:
     """Kill process ``pid`` and every process below it, deepest first, and every process of the
@@ -186,27 +198,9 @@ def kill_group(pid: int) -> None:
 
 def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
     """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
-    from ..records import Failure
-
     batch = Batch.empty(chunk.indices, pid)
     for pos, index in enumerate(chunk.indices):
         batch.failures[pos] = Failure.capture(error_for[index])
-    return batch
-
-
-def mark_overruns(batch: Batch, timeout: float | None) -> Batch:
-    """Fail the tasks of ``batch`` that ran longer than ``timeout``, for backends that can only
-    notice an overrun after the task returns."""
-    from ..errors import TaskTimeoutError
-    from ..records import Failure
-
-    if timeout is None:
-        return batch
-    for pos, seconds in enumerate(batch.elapsed):
-        if seconds > timeout:
-            batch.values[pos] = None
-            error = TaskTimeoutError(batch.indices[pos], timeout, stopped=False)
-            batch.failures[pos] = Failure.capture(error)
     return batch
 
 
@@ -260,24 +254,3 @@ def run_copied(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
         return chunk_failed(chunk, dict.fromkeys(chunk.indices, error), os.getpid())
     return run_chunk(payload, chunk, slot)
 
-
-def wait_for_deadlines(
-    timeout: float | None, starts: Iterable[float], limit: float | None
-) -> float | None:
-    """How long a backend may wait for outcomes: the caller's ``timeout``, cut short at the
-    earliest deadline of tasks that started at ``starts`` (``perf_counter`` seconds) and may each
-    run ``limit`` seconds (None: no limit).
-
-    Examples:
-        >>> wait_for_deadlines(5.0, [], 1.0)
-        5.0
-        >>> wait_for_deadlines(None, [time.perf_counter()], None) is None
-        True
-    """
-    if limit is None:
-        return timeout
-    now = time.perf_counter()
-    for started in starts:
-        remaining = max(0.0, started + limit - now)
-        timeout = remaining if timeout is None else min(timeout, remaining)
-    return timeout

@@ -47,21 +47,16 @@ import pickle
 import queue
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
-from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..errors import SerializationError, WorkerCrashedError
 from ..records import Batch, Chunk, Payload
 from ..worker import encode_batch, run_chunk
-from .base import (
-    Backend,
-    BackendOptions,
-    chunk_failed,
-    logger,
-    run_copied,
-    wait_for_deadlines,
-)
+from .base import Backend, BackendOptions, chunk_failed, logger, run_copied
+from .deadlines import Running
 from .wire import decode_batch, encode_chunk, pack_per_task
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
@@ -127,18 +122,16 @@ def _tell(topic: str | None, started: bool) -> None:
         worker.log_event(topic, message)
 
 
+@attrs.define(slots=True, eq=False)
 class _Submitted:
-    """A chunk in flight: its future, when it was sent, the payload future it depends on, and
-    whether it runs alone (a suspect of killing a worker, with nothing else in flight)."""
+    """A chunk in flight: its future, the payload future it depends on, whether it runs alone
+    (a suspect of killing a worker, with nothing else in flight), and when it was sent."""
 
-    __slots__ = ("alone", "chunk", "future", "payload", "sent_at")
-
-    def __init__(self, future: Any, chunk: Chunk, payload: Any, alone: bool) -> None:
-        self.future = future
-        self.chunk = chunk
-        self.payload = payload
-        self.alone = alone
-        self.sent_at = time.perf_counter()
+    future: Any
+    chunk: Chunk
+    payload: Any
+    alone: bool
+    sent_at: float = attrs.field(factory=time.perf_counter)
 
 
 def _rerun(indices: list[int]) -> Batch:
@@ -168,9 +161,9 @@ class DaskBackend(Backend):
         [1, 2, 3]
     """
 
-    name = "dask"
-    stops_tasks = False
     reseeds = True
+    abandons_overruns = True
+    copies_per_chunk = True
     # A chunk costs a few milliseconds of scheduler and client work (dask's own advice is
     # tasks of 100 ms or more), against a tenth of a millisecond in the local pool.
     chunk_target = 0.1
@@ -179,9 +172,6 @@ class DaskBackend(Backend):
     def __init__(self, options: BackendOptions, client: Any = None) -> None:
         super().__init__(options)
         self.distributed = import_distributed()
-        # A timed-out task is abandoned with its future, and a '-copy' task needs its own copy:
-        # give each task its own chunk then.
-        self.max_chunk = 1 if (options.timeout is not None or options.copy) else None
         self.per_thread = 1 if options.timeout is not None else CHUNKS_PER_THREAD
         self.client = client
         self.owns_client = False
@@ -328,12 +318,7 @@ class DaskBackend(Backend):
             timeout = RECOUNT_SECONDS if timeout is None else min(timeout, RECOUNT_SECONDS)
         elif not self.futures:
             return []
-        if self.options.timeout is not None:
-            # A chunk not started yet has no deadline so far: look again after one timeout,
-            # which cannot be later than the deadline of a chunk it starts meanwhile.
-            now = time.perf_counter()
-            starts = [self.started.get(key, now) for key in self.futures]
-            timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        timeout = self.deadlines.wait(timeout, self._busy())
         done = []
         try:
             done.append(self.finished.get(timeout=timeout))
@@ -410,31 +395,28 @@ class DaskBackend(Backend):
             started=flight.sent_at, elapsed=time.perf_counter() - flight.sent_at,
         )
 
-    def _expire(self) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is None:
-            return []
-        now = time.perf_counter()
-        batches = []
-        for key, flight in list(self.futures.items()):
+    def _busy(self) -> Iterator[tuple[str, Running | None]]:
+        """Each chunk in flight (by key) and its task, running since its worker's event said
+        (see ``Deadlines.wait``; with a timeout, every chunk holds one task)."""
+        for key, flight in self.futures.items():
             started = self.started.get(key)
-            if started is None or now - started < limit or flight.future.done():
-                continue  # not started, in time, or finished and on its way to collect()
+            yield key, (None if started is None else (flight.chunk.indices[0], started))
+
+    def _expire(self) -> list[Batch]:
+        batches = []
+        for overrun in self.deadlines.overdue(self._busy()):
+            key = overrun.holder
+            flight = self.futures[key]
+            if flight.future.done():
+                continue  # finished, and on its way to collect()
             del self.futures[key]
             # Until it ends (its event says so), it holds a worker thread.
             self.hung.add(key)
             flight.future.cancel(reason="parallel_jobs: the task overran its timeout")
             flight.future.release()
-            chunk = flight.chunk
-            index = chunk.indices[0]
-            self.suspects.discard(index)
-            logger.warning("task %d overran its timeout of %g s; cancelled its dask future",
-                           index, limit)
-            error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(Batch.lost(
-                index, error, pid=0, started=started, elapsed=now - started,
-                requeue=list(chunk.indices[1:]),
-            ))
+            self.suspects.discard(overrun.index)
+            batches.append(self.deadlines.timed_out(overrun, flight.chunk, pid=0, stopped=False,
+                                                    action="cancelled its dask future"))
         return batches
 
     def shutdown(self, abort: bool = False) -> None:

@@ -20,23 +20,16 @@ import concurrent.futures as cf
 import multiprocessing
 import pickle
 import signal
-import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import InitializerError, TaskTimeoutError, WorkerCrashedError
+from ..errors import InitializerError, WorkerCrashedError
 from ..health import prepare_threads, start_worker
 from ..records import Batch, Chunk, Payload
 from ..worker import IDLE, encode_batch, run_chunk
-from .base import (
-    Backend,
-    BackendOptions,
-    chunk_failed,
-    kill_tree,
-    logger,
-    wait_for_deadlines,
-)
+from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
+from .deadlines import Running, running_task
 from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
@@ -76,13 +69,11 @@ def _run(message: bytes) -> bytes:
 class FuturesBackend(Backend):
     """Chunks submitted to a ``ProcessPoolExecutor`` of ``ncpus`` processes."""
 
-    name = "concurrent.futures"
-    stops_tasks = False
     reseeds = True
+    abandons_overruns = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
-        self.max_chunk = 1 if options.timeout is not None else None
         self.context = multiprocessing.get_context(options.start_method)
         # Chunks are pickled here, not by the executor: the standard pickler cannot send what a
         # notebook's __main__ defines to a spawned worker.
@@ -144,6 +135,9 @@ class FuturesBackend(Backend):
         # Outside fork, submit() wakes the executor's manager thread before starting the
         # process for this task, so the manager may wait without watching it and miss its
         # crash until another task ends (seen on CPython 3.11). Wake it again now that it exists.
+        # The executor has no public way to do so: a private name, read with getattr so that a
+        # Python without it still runs. Without it test_faults.py::
+        # test_fast_backend_dies_on_a_crash_without_waiting[spawn] fails one run in three.
         wakeup = getattr(self.executor, "_executor_manager_thread_wakeup", None)
         if wakeup is not None:
             wakeup.wakeup()
@@ -154,24 +148,16 @@ class FuturesBackend(Backend):
         except cf.InvalidStateError:
             pass  # already woken
 
-    def _starts(self) -> dict[int, float]:
-        """When each running task started, by task index, as the workers' slots say."""
-        starts = {}
-        for slot in self.slots or ():
-            started = slot[1]
-            index = int(slot[0])
-            if started != IDLE and slot[1] == started:  # not a task ending meanwhile
-                starts[index] = started
-        return starts
+    def _busy(self) -> Iterator[tuple[cf.Future[bytes], Running | None]]:
+        """Each future in flight and its task, running since when the workers' slots say (see
+        ``Deadlines.wait``; with a timeout, every chunk holds one task)."""
+        starts = dict(task for task in map(running_task, self.slots or ()) if task is not None)
+        for future, chunk in self.futures.items():
+            index = chunk.indices[0]
+            yield future, ((index, starts[index]) if index in starts else None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        if self.options.timeout is not None:
-            # A task not started yet has no deadline so far: look again after one timeout,
-            # which cannot be later than the deadline of a task it starts meanwhile.
-            now = time.perf_counter()
-            running = self._starts()
-            starts = [running.get(chunk.indices[0], now) for chunk in self.futures.values()]
-            timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        timeout = self.deadlines.wait(timeout, self._busy())
         done, _ = cf.wait([*self.futures, self.waker], timeout, return_when=cf.FIRST_COMPLETED)
         batches = []
         broken = False
@@ -198,22 +184,16 @@ class FuturesBackend(Backend):
         return batches
 
     def _expire(self) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is None:
-            return []
-        running = self._starts()
-        now = time.perf_counter()
         batches = []
-        for future, chunk in list(self.futures.items()):
-            index = chunk.indices[0]  # with a timeout, every chunk holds one task
-            started = running.get(index)
-            if started is None or now - started < limit or future.done():
-                continue
-            del self.futures[future]
+        for overrun in self.deadlines.overdue(self._busy()):
+            future = overrun.holder
+            if future.done():
+                continue  # it ended in time and is on its way to collect()
+            chunk = self.futures.pop(future)
             self.abandoned.add(future)
-            error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(Batch.lost(index, error, pid=0, started=started,
-                                      elapsed=now - started))
+            batches.append(self.deadlines.timed_out(
+                overrun, chunk, pid=0, stopped=False,
+                action="abandoning it (its process dies with the pool)"))
         return batches
 
     def _kill_executor(self) -> None:
@@ -221,6 +201,10 @@ class FuturesBackend(Backend):
         executor, self.executor = self.executor, None
         if executor is None:
             return
+        # shutdown() lets running tasks finish, and a hung or abandoned task never does: its
+        # process must be killed. The executor names its processes only in a private attribute
+        # (a public kill_workers() arrives in Python 3.14); without it test_interrupt.py::
+        # test_an_interrupt_stops_the_run_cleanly[*-fast-*] fails, its workers left running.
         processes = dict(getattr(executor, "_processes", None) or {})
         executor.shutdown(wait=False, cancel_futures=True)
         for process in processes.values():

@@ -15,7 +15,7 @@ import attrs
 
 from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
-from .base import Backend, BackendOptions, mark_overruns
+from .base import Backend, BackendOptions
 
 __all__ = ["MapBackend", "TaskCall", "run_task_call"]
 
@@ -36,9 +36,7 @@ def run_task_call(call: TaskCall) -> Batch:
 class MapBackend(Backend):
     """Collects every task, then hands them all to the user's map in one call."""
 
-    name = "custom"
-    stops_tasks = False
-    max_chunk = 1
+    chunk_limit = 1  # the map is given one item per task, as sciris gives it
 
     def __init__(self, options: BackendOptions, mapfunc: Callable[..., Any]) -> None:
         super().__init__(options)
@@ -83,7 +81,7 @@ class MapBackend(Backend):
                     "return what the function it was given returns, like map(func, items)"
                 )
                 raise TypeError(msg)
-        return [mark_overruns(batch, self.options.timeout) for batch in outputs]
+        return [self.deadlines.mark(batch) for batch in outputs]
 
     def shutdown(self, abort: bool = False) -> None:
         self.pending = []

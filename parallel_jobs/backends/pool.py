@@ -16,7 +16,8 @@ A worker that cannot unpickle what it was sent answers with a SerializationError
 batch. A worker leads a process group of its own and ignores SIGINT: the parent decides, and
 kills the whole group (the worker and whatever its tasks started) when a task crashes or
 overruns. On Linux the kernel kills that group when the parent process ends, however it ends
-(see :class:`_Lifelines`), so no worker outlives a parent killed outright.
+(see :func:`.kept.lifeline`), so no worker outlives a parent killed outright. What outlives
+one run (workers kept for the next, lifelines) is in :mod:`.kept`.
 
 Nothing polls: the parent blocks on result pipes and process sentinels together, so a dead worker
 is seen the moment it dies, and the only timer is the earliest task deadline. The payload
@@ -26,33 +27,25 @@ arrays through shared memory) otherwise. Each message carries a chunk, never a s
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib
 import mmap
 import multiprocessing
-import os
-import pickle
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
+from ..errors import MemoryLimitError, WorkerCrashedError
 from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
 from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
-from .base import (
-    Backend,
-    BackendOptions,
-    chunk_failed,
-    kill_group,
-    kill_tree,
-    logger,
-    wait_for_deadlines,
-)
+from ..worker import STOP, manager_main, worker_main, world
+from . import kept
+from .base import Backend, BackendOptions, chunk_failed, kill_group, kill_tree, logger
+from .deadlines import Running, running_task
+from .kept import Worker
 from .wire import (
     chunk_pickler,
     decode_batch,
@@ -62,7 +55,7 @@ from .wire import (
     pack_per_task,
 )
 
-__all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
+__all__ = ["ProcessPoolBackend", "daemonic", "default_start_method"]
 
 
 def default_start_method() -> str | None:
@@ -119,6 +112,9 @@ def _preload_forkserver(module: Any) -> None:
 
     Modules already asked for are kept; nothing changes once the server runs.
     """
+    # The list the caller asked for is kept only in the fork server's private attributes; read
+    # it, or this call would drop it (test_pool_lifecycle.py::
+    # test_the_fork_server_keeps_what_the_caller_asked_it_to_preload fails without it).
     server = getattr(importlib.import_module(f"{module.__name__}.forkserver"), "_forkserver", None)
     preload = list(getattr(server, "_preload_modules", None) or ["__main__"])
     for name in ("parallel_jobs.worker", "numpy"):
@@ -132,235 +128,6 @@ INHERIT_MOST_TASKS = 200
 ``_shm``); longer runs copy them to shared memory once."""
 
 
-class _Lifelines:
-    """One pipe per process library whose write end only this process holds, and never writes.
-
-    Each worker and manager process reads it (see :func:`~parallel_jobs.worker._die_with_parent`):
-    when this process ends, however it ends, the pipe reaches end-of-file and the kernel kills
-    them. Unlike PR_SET_PDEATHSIG, which fires when the *thread* that started a process ends
-    and, under forkserver, follows the fork server instead of this process, the pipe lives as
-    long as this process does. A child forked from this process closes the write ends (see
-    :func:`_after_fork_in_child`), or its parent's workers would live as long as it does.
-    """
-
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-        self.pipes: dict[str, tuple[Any, Any]] = {}
-
-    def reader(self, context: Any) -> Any:
-        """The read end for processes of ``context``'s library, created on first use."""
-        library = type(context).__module__.split(".")[0]
-        pipe = self.pipes.get(library)
-        if pipe is None:
-            pipe = self.pipes[library] = context.Pipe(duplex=False)
-        return pipe[0]
-
-    def forget(self) -> None:
-        """In a forked child: close the copies of the parent's write ends."""
-        for _, writer in self.pipes.values():
-            writer.close()
-        self.owner, self.pipes = os.getpid(), {}
-
-
-_LIFELINES = _Lifelines()
-
-
-def _loaded_code() -> dict[str, Any]:
-    """The spec of each loaded module: ``importlib.reload`` gives a module a new one."""
-    return {name: getattr(module, "__spec__", None) for name, module in list(sys.modules.items())}
-
-
-def _reloaded(before: Mapping[str, Any]) -> bool:
-    """Whether a module loaded when ``before`` was taken has been reloaded (or replaced) since."""
-    now = sys.modules
-    for name, spec in before.items():
-        module = now.get(name)
-        if module is not None and getattr(module, "__spec__", None) is not spec:
-            return True
-    return False
-
-
-class _Worker:
-    __slots__ = ("chunk", "conn", "number", "process", "slot")
-
-    def __init__(self, number: int, process: Any, conn: Any, slot: Any) -> None:
-        self.number = number
-        self.process = process
-        self.conn = conn
-        self.slot = slot
-        self.chunk: Chunk | None = None
-
-
-class _KeptWorkers:
-    """Spawned and forkserver workers kept alive between runs, ready for the next payload.
-
-    A spawned worker is a new interpreter that must import Python's and the caller's modules
-    (0.2 s on a small machine) before its first task; a forked one is ready in a millisecond.
-    So spawned and forkserver workers whose run ended cleanly are kept, idle and holding nothing
-    of that run (see :data:`~parallel_jobs.worker.RELEASE`), for the next run of the same library
-    and start method in this process. They are stopped at interpreter exit, by
-    :func:`release_workers`, and by the kernel when this process ends (Linux).
-
-    A kept worker has imported the caller's modules as they were: once any module is reloaded
-    (``importlib.reload``, a notebook's autoreload), every kept worker is stopped rather than
-    reused, so that a run always calls the caller's current code. The working directory,
-    environment and ``sys.path`` are sent with each run's payload instead
-    (:func:`~parallel_jobs.worker.world`).
-    """
-
-    def __init__(self) -> None:
-        self.owner = os.getpid()
-        self.idle: dict[tuple[str, str], list[_Worker]] = {}
-        self.code: dict[str, Any] = {}  # _loaded_code() when the first worker was kept
-
-    def take(self, key: tuple[str, str], count: int) -> list[_Worker]:
-        """Up to ``count`` live kept workers for ``key``; the dead ones are reaped."""
-        if os.getpid() != self.owner:
-            # A forked child inherited the registry, not the workers: they are its parent's.
-            self.forget()
-            return []
-        if self.idle and _reloaded(self.code):
-            logger.debug("a module was reloaded: stopping the kept workers")
-            self.release()
-        taken: list[_Worker] = []
-        pool = self.idle.get(key, [])
-        while pool and len(taken) < count:
-            worker = pool.pop()
-            if worker.process.is_alive():
-                taken.append(worker)
-            else:
-                _close(worker)
-        return taken
-
-    def keep(self, key: tuple[str, str], worker: _Worker) -> bool:
-        """Keep ``worker`` for a later run; False if enough are kept already."""
-        pool = self.idle.setdefault(key, [])
-        if os.getpid() != self.owner or len(pool) >= _max_kept():
-            return False
-        try:
-            worker.conn.send_bytes(RELEASE)
-        except OSError:
-            return False
-        # multiprocess and multiprocessing each register an exit handler that joins every child,
-        # the first time they start one; handlers run last-registered first, so this one is
-        # registered again after every such start, to stop the kept workers before those join.
-        atexit.unregister(release_workers)
-        atexit.register(release_workers)
-        if not any(self.idle.values()):
-            self.code = _loaded_code()
-        pool.append(worker)
-        return True
-
-    def forget(self) -> None:
-        """In a forked child: drop the parent's kept workers without touching them, and take
-        them out of the process libraries' records, whose exit handler would join them."""
-        for pool in self.idle.values():
-            for worker in pool:
-                for name in ("multiprocess.process", "multiprocessing.process"):
-                    module = sys.modules.get(name)
-                    if module is not None:
-                        module._children.discard(worker.process)
-                worker.conn.close()
-        self.owner, self.idle, self.code = os.getpid(), {}, {}
-
-    def release(self) -> None:
-        """Stop every kept worker."""
-        if os.getpid() != self.owner:
-            self.forget()
-            return
-        workers = [w for pool in self.idle.values() for w in pool]
-        self.idle = {}
-        _tell_to_exit(workers)
-        _join(workers, grace=1.0)
-        for worker in workers:
-            _stop(worker)
-
-
-def _max_kept() -> int:
-    from .._cpus import cpu_count
-
-    return cpu_count()
-
-
-_KEPT = _KeptWorkers()
-
-_FORKSERVER_LIBRARIES: set[str] = set()
-"""The process libraries whose fork server this process has used."""
-
-
-def _after_fork_in_child() -> None:
-    """In any child forked from this process (a worker, or the caller's own ``os.fork``): the
-    parent's kept workers, lifelines and fork servers are the parent's. The child neither
-    touches nor keeps them alive; it starts its own when it runs something itself."""
-    _KEPT.forget()
-    _LIFELINES.forget()
-    for library in _FORKSERVER_LIBRARIES:
-        module = sys.modules.get(f"{library}.forkserver")
-        server = getattr(module, "_forkserver", None)
-        if server is None or server._forkserver_pid is None:
-            continue
-        # The server is not this child's to wait for; its alive pipe must not outlive the parent.
-        if server._forkserver_alive_fd is not None:
-            try:
-                os.close(server._forkserver_alive_fd)
-            except OSError:
-                pass
-        server._forkserver_address = None
-        server._forkserver_alive_fd = None
-        server._forkserver_pid = None
-    _FORKSERVER_LIBRARIES.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def release_workers() -> None:
-    """Stop the idle worker processes that parallel_jobs keeps between spawn/forkserver runs.
-
-    They are stopped at interpreter exit anyway; call this to get their memory back sooner, or
-    before counting a process's children.
-
-    Examples:
-        >>> release_workers()
-    """
-    _KEPT.release()
-
-
-def _close(worker: _Worker) -> None:
-    worker.conn.close()
-    _release(worker.process)
-
-
-def _tell_to_exit(workers: Sequence[_Worker]) -> None:
-    """Tell idle ``workers`` to exit (without waiting for them)."""
-    for worker in workers:
-        try:
-            worker.conn.send_bytes(_EXIT)
-        except OSError:
-            pass
-
-
-def _join(workers: Sequence[_Worker], grace: float) -> None:
-    """Give ``workers``, told to exit, ``grace`` seconds in all to do so."""
-    deadline = time.monotonic() + grace
-    for worker in workers:
-        worker.process.join(max(0.0, deadline - time.monotonic()))
-
-
-_EXIT = pickle.dumps(None)
-"""What a worker reads as "exit now"."""
-
-
-def _stop(worker: _Worker) -> None:
-    """Make sure ``worker`` and any process it started are gone, and free its handles."""
-    pid = worker.process.pid
-    if worker.process.is_alive():
-        kill_tree(pid)
-    worker.process.join(1.0)
-    _close(worker)
-    logger.debug("stopped worker %d (pid %s)", worker.number, pid)
-
-
 class ProcessPoolBackend(Backend):
     """A fixed number of worker processes from a ``multiprocess`` (dill) or stdlib context."""
 
@@ -369,24 +136,23 @@ class ProcessPoolBackend(Backend):
 
     def __init__(self, options: BackendOptions, library: str = "multiprocess") -> None:
         super().__init__(options)
-        self.name = library
-        self.start_method = options.start_method or default_start_method()
-        module = _process_library(library, self.start_method)
-        self.context = module.get_context(self.start_method)
+        self.library = library
+        method = options.start_method or default_start_method()
+        module = _process_library(library, method)
+        self.context = module.get_context(method)
         # Forked workers inherit the payload, start with their first chunk and are never kept.
         self.forked = self.context.get_start_method() == "fork"
         self.pickle_chunk = chunk_pickler(self.forked)
         if self.context.get_start_method() == "forkserver":
             _preload_forkserver(module)
-            _FORKSERVER_LIBRARIES.add(module.__name__)
+            kept.used_forkserver(module.__name__)
         self.wait = module.connection.wait
         self.key = (library, self.context.get_start_method())
-        self.workers: list[_Worker | None] = [None] * options.ncpus
+        self.workers: list[Worker | None] = [None] * options.ncpus
         self.payload: Payload | bytes | None = None
         self.shared: Any = None
         self.manager: Any = None
-        self.started_workers = 0
-        self.retiring: list[_Worker] = []  # asked to exit before shutdown (see retire_idle)
+        self.retiring: list[Worker] = []  # asked to exit before shutdown (see retire_idle)
         self.waker: tuple[Any, Any] | None = None  # (reader, writer): see wake()
         self.world = b""  # the parent's cwd, environment and path, sent with the payload
         self.health: WorkerOptions | None = None
@@ -413,10 +179,10 @@ class ProcessPoolBackend(Backend):
                 payload = pack_per_task(payload, self.shared)
             self.payload = payload
             return
-        kept = _KEPT.take(self.key, len(self.workers))
+        reusable = kept.take(self.key, len(self.workers))
         for number in range(len(self.workers)):
-            if kept:
-                reused = kept.pop()
+            if reusable:
+                reused = reusable.pop()
                 reused.number = number
                 reused.slot[STOP] = 0.0
                 self.workers[number] = reused
@@ -432,26 +198,25 @@ class ProcessPoolBackend(Backend):
         self.world = world()
         for worker in self.workers:
             if worker is not None:
-                _send_payload(worker, self.world, self.payload)
+                kept.send_payload(worker, self.world, self.payload)
 
-    def _spawn(self, number: int) -> _Worker:
+    def _spawn(self, number: int) -> Worker:
         parent_conn, child_conn = self.context.Pipe(duplex=True)
         slot = self._shared_slot()
         inherited = self.payload if isinstance(self.payload, Payload) else None
         process = self.context.Process(
             target=worker_main,
-            args=(child_conn, inherited, slot, _LIFELINES.reader(self.context)),
+            args=(child_conn, inherited, slot, kept.lifeline(self.context)),
             name=f"parallel_jobs-worker-{number}",
             daemon=False,  # daemonic processes may not start their own pools (nested runs)
         )
         with _interrupts_held():
             process.start()
             child_conn.close()
-            self.started_workers += 1
-            worker = _Worker(number, process, parent_conn, slot)
+            worker = Worker(number, process, parent_conn, slot)
             self.workers[number] = worker
         if isinstance(self.payload, bytes):
-            _send_payload(worker, self.world, self.payload)
+            kept.send_payload(worker, self.world, self.payload)
         logger.debug("started worker %d (pid %d)", number, process.pid)
         return worker
 
@@ -462,7 +227,7 @@ class ProcessPoolBackend(Backend):
         idle = [w for w in self.workers if w is not None and w.chunk is None]
         for worker in idle:
             self.workers[worker.number] = None
-        _tell_to_exit(idle)
+        kept.tell_to_exit(idle)
         self.retiring.extend(idle)
 
     def _shared_slot(self) -> Any:
@@ -485,44 +250,35 @@ class ProcessPoolBackend(Backend):
         live = [w for w in self.workers if w is not None]
         self.workers = [None] * len(self.workers)
         retiring, self.retiring = self.retiring, []
-        try:
-            if not abort:
-                live = [w for w in live if self.forked or not self._keep(w)]
-                _tell_to_exit(live)
-                _join([*retiring, *live], grace=2.0)
-        finally:
-            for worker in retiring + live:
-                _stop(worker)
-            if self.shared is not None:
-                self.shared.close()
-                self.shared = None
-            if self.waker is not None:
-                for end in self.waker:
-                    end.close()
-                self.waker = None
-            if self.manager is not None:
-                self.manager.shutdown()
-                self.manager = None
-
-    def _keep(self, worker: _Worker) -> bool:
-        """Keep an idle, healthy worker for the next run (spawn and forkserver only)."""
-        if worker.chunk is not None or not worker.process.is_alive():
-            return False
-        if not _KEPT.keep(self.key, worker):
-            return False
-        logger.debug("keeping worker %d (pid %d) for the next run", worker.number,
-                     worker.process.pid)
-        return True
+        with contextlib.ExitStack() as release:
+            # Released after the workers (last in, first out), also when stopping them fails.
+            manager, waker, shared = self.manager, self.waker, self.shared
+            self.manager = self.waker = self.shared = None
+            if manager is not None:
+                release.callback(manager.shutdown)
+            for end in waker or ():
+                release.callback(end.close)
+            if shared is not None:
+                release.callback(shared.close)
+            try:
+                if not abort:
+                    # Spawned and forkserver workers are kept for the next run if they can be.
+                    live = [w for w in live if self.forked or not kept.keep(self.key, w)]
+                    kept.tell_to_exit(live)
+                    kept.join([*retiring, *live], grace=2.0)
+            finally:
+                for worker in retiring + live:
+                    kept.stop(worker)
 
     # -- dispatch ------------------------------------------------------------------------------
 
     def share_dict(self, initial: Mapping[str, Any]) -> MutableMapping[str, Any]:
         # A manager process serves the dict, so a write in one task is seen by later ones. It
         # comes from the pool's own library, so that with multiprocess it pickles with dill.
-        library = importlib.import_module(self.name)
+        library = importlib.import_module(self.library)
         context = library.get_context(self.context.get_start_method())
-        self.manager = importlib.import_module(f"{self.name}.managers").SyncManager(ctx=context)
-        self.manager.start(manager_main, (_LIFELINES.reader(context),))
+        self.manager = importlib.import_module(f"{self.library}.managers").SyncManager(ctx=context)
+        self.manager.start(manager_main, (kept.lifeline(context),))
         shared: MutableMapping[str, Any] = self.manager.dict(initial)
         return shared
 
@@ -531,9 +287,6 @@ class ProcessPoolBackend(Backend):
 
     def in_flight(self) -> int:
         return sum(1 for w in self.workers if w is not None and w.chunk is not None)
-
-    def worker_pids(self) -> Sequence[int]:
-        return [w.process.pid for w in self.workers if w is not None]
 
     def submit(self, chunk: Chunk) -> None:
         number = next(i for i, w in enumerate(self.workers) if w is None or w.chunk is None)
@@ -567,8 +320,8 @@ class ProcessPoolBackend(Backend):
         busy = [w for w in self.workers if w is not None and w.chunk is not None]
         if not busy:
             return []
-        wait_for = self._until_next_deadline(busy, timeout)
-        handles: dict[Any, _Worker | None] = {}
+        wait_for = self.deadlines.wait(timeout, _running(busy))
+        handles: dict[Any, Worker | None] = {}
         for worker in busy:
             handles[worker.conn] = worker
             handles[worker.process.sentinel] = worker
@@ -590,7 +343,7 @@ class ProcessPoolBackend(Backend):
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _receive(self, worker: _Worker) -> Batch | None:
+    def _receive(self, worker: Worker) -> Batch | None:
         chunk = worker.chunk
         assert chunk is not None
         try:
@@ -613,7 +366,7 @@ class ProcessPoolBackend(Backend):
             return None
         return self._crashed(worker, chunk)
 
-    def _crashed(self, worker: _Worker, chunk: Chunk) -> Batch:
+    def _crashed(self, worker: Worker, chunk: Chunk) -> Batch:
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
         pid = worker.process.pid
@@ -646,48 +399,24 @@ class ProcessPoolBackend(Backend):
             elapsed=now - started, requeue=requeue,
         )
 
-    def _until_next_deadline(self, busy: list[_Worker], timeout: float | None) -> float | None:
-        now = time.perf_counter()
-        # A worker that has not begun its chunk yet (a spawned one may still be importing) has
-        # no deadline so far; look again after one timeout, which cannot be later than the
-        # deadline of a task it starts meanwhile.
-        starts = [now if w.slot[1] == IDLE else w.slot[1] for w in busy]
-        return wait_for_deadlines(timeout, starts, self.options.timeout)
-
-    def _expire(self, busy: list[_Worker]) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is None:
-            return []
+    def _expire(self, busy: list[Worker]) -> list[Batch]:
         batches = []
-        now = time.perf_counter()
-        for worker in busy:
+        for overrun in self.deadlines.overdue(_running(busy)):
+            worker = overrun.holder
             chunk = worker.chunk
-            started = worker.slot[1]
-            if chunk is None or started == IDLE or now - started < limit:
-                continue
-            index = int(worker.slot[0])
-            if worker.slot[1] != started:
-                continue  # the task ended while we read its index: it finished in time
+            if chunk is None:
+                continue  # its batch came in this collect(): it ended in time
             pid = worker.process.pid
             kill_tree(pid)
             self._discard(worker)
-            logger.warning(
-                "task %d overran its timeout of %g s; stopped worker %d (pid %s)",
-                index, limit, worker.number, pid,
-            )
-            requeue = [i for i in chunk.indices if i != index]
-            batches.append(
-                Batch.lost(
-                    index, TaskTimeoutError(index, limit), pid=pid,
-                    started=started, elapsed=now - started, requeue=requeue,
-                )
-            )
+            action = f"stopped worker {worker.number} (pid {pid})"
+            batches.append(self.deadlines.timed_out(overrun, chunk, pid=pid, stopped=True,
+                                                    action=action))
         return batches
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: Worker) -> None:
         worker.process.join(1.0)
-        worker.conn.close()
-        _release(worker.process)
+        kept.close(worker)
         worker.chunk = None
         self.workers[worker.number] = None
 
@@ -721,24 +450,17 @@ def _interrupts_held() -> Iterator[None]:
             previous(signal.SIGINT, None)
 
 
-def _send_payload(worker: _Worker, world: bytes, blob: bytes) -> None:
-    try:
-        worker.conn.send_bytes(world)
-        worker.conn.send_bytes(blob)
-    except OSError:
-        pass  # it died booting: its sentinel tells collect() and submit() so
+def _running(busy: list[Worker]) -> Iterator[tuple[Worker, Running | None]]:
+    """Each busy worker and the task it runs (see ``Deadlines.wait``)."""
+    for worker in busy:
+        yield worker, running_task(worker.slot)
 
 
-def _running_task(worker: _Worker, chunk: Chunk) -> tuple[int | None, float]:
-    started = worker.slot[1]
-    if started == IDLE:
+def _running_task(worker: Worker, chunk: Chunk) -> tuple[int | None, float]:
+    """The task of ``chunk`` that ``worker`` ran when it died (None: none), and since when."""
+    task = running_task(worker.slot)
+    if task is None:
         return None, time.perf_counter()
-    index = int(worker.slot[0])
+    index, started = task
     return (index if index in chunk.indices else None), started
 
-
-def _release(process: Any) -> None:
-    try:
-        process.close()
-    except ValueError:
-        pass

@@ -22,7 +22,7 @@ from ..errors import CallerInterrupt
 from ..health import start_in_thread
 from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
-from .base import Backend, BackendOptions, mark_overruns, run_copied
+from .base import Backend, BackendOptions, run_copied
 
 __all__ = ["SerialBackend"]
 
@@ -47,12 +47,10 @@ def _marking(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
 class SerialBackend(Backend):
     """Runs each submitted chunk at once, in the calling thread."""
 
-    name = "serial"
-    stops_tasks = False
+    copies_per_chunk = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
-        self.max_chunk = 1 if options.copy else None
         self.payload: Payload | None = None
         self.done: list[Batch] = []
         self.handlers: dict[int, Any] = {}
@@ -81,7 +79,7 @@ class SerialBackend(Backend):
             batch = run_copied(self.payload, chunk)
         else:
             batch = run_chunk(self.payload, chunk)
-        self.done.append(mark_overruns(batch, self.options.timeout))
+        self.done.append(self.deadlines.mark(batch))
 
     def collect(self, timeout: float | None) -> list[Batch]:
         done, self.done = self.done, []

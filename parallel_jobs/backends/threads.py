@@ -12,13 +12,14 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from ..errors import TaskTimeoutError
 from ..health import start_in_thread
 from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, STOP, run_chunk
-from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
+from ..worker import IDLE, INDEX, STARTED, STOP, run_chunk
+from .base import Backend, BackendOptions, run_copied
+from .deadlines import Running, running_task
 
 __all__ = ["ThreadBackend"]
 
@@ -67,14 +68,12 @@ class _ThreadWorker:
 class ThreadBackend(Backend):
     """``ncpus`` threads, each fed its own chunks."""
 
-    name = "thread"
-    stops_tasks = False
     stops_mid_chunk = True
+    abandons_overruns = True
+    copies_per_chunk = True
 
     def __init__(self, options: BackendOptions) -> None:
         super().__init__(options)
-        # A timed-out task is abandoned with its thread: give each task its own chunk then.
-        self.max_chunk = 1 if (options.copy or options.timeout is not None) else None
         # None is a wake-up call (see wake()), not a batch.
         self.outbox: queue.SimpleQueue[tuple[_ThreadWorker, Batch | BaseException] | None] = (
             queue.SimpleQueue())
@@ -104,16 +103,15 @@ class ThreadBackend(Backend):
         worker.chunk = chunk
         if self.options.timeout is not None:
             # Start the clock now: collect() may wait before the thread records the start.
-            worker.slot[0] = chunk.indices[0]
-            worker.slot[1] = time.perf_counter()
+            worker.slot[INDEX] = chunk.indices[0]
+            worker.slot[STARTED] = time.perf_counter()
         worker.inbox.put(chunk)
 
     def wake(self) -> None:
         self.outbox.put(None)
 
     def collect(self, timeout: float | None) -> list[Batch]:
-        starts = [w.slot[1] for w in self.workers if w.chunk is not None and w.slot[1] != IDLE]
-        timeout = wait_for_deadlines(timeout, starts, self.options.timeout)
+        timeout = self.deadlines.wait(timeout, self._busy())
         batches: list[Batch] = []
         try:
             item = self.outbox.get(timeout=timeout) if self.in_flight() else None
@@ -130,27 +128,21 @@ class ThreadBackend(Backend):
         batches.extend(self._expire())
         return batches
 
+    def _busy(self) -> Iterator[tuple[_ThreadWorker, Running | None]]:
+        """Each busy thread and the task it runs (see ``Deadlines.wait``)."""
+        for worker in self.workers:
+            if worker.chunk is not None:
+                yield worker, running_task(worker.slot)
+
     def _expire(self) -> list[Batch]:
-        limit = self.options.timeout
-        if limit is None:
-            return []
         batches = []
-        now = time.perf_counter()
-        for number, worker in enumerate(self.workers):
-            started = worker.slot[1]
-            if worker.chunk is None or started == IDLE or now - started < limit:
-                continue
-            index = int(worker.slot[0])
+        for overrun in self.deadlines.overdue(self._busy()):
+            worker = overrun.holder
+            assert worker.chunk is not None
             worker.abandoned = True
-            logger.warning("task %d overran its timeout of %g s; abandoning its thread",
-                           index, limit)
-            requeue = [i for i in worker.chunk.indices if i != index]
-            error = TaskTimeoutError(index, limit, stopped=False)
-            batches.append(
-                Batch.lost(index, error, pid=os.getpid(), started=started, elapsed=now - started,
-                           requeue=requeue)
-            )
-            self.workers[number] = self._new(number)
+            batches.append(self.deadlines.timed_out(overrun, worker.chunk, pid=os.getpid(),
+                                                    stopped=False, action="abandoning its thread"))
+            self.workers[worker.number] = self._new(worker.number)
         return batches
 
     def shutdown(self, abort: bool = False) -> None:
