@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from parallel_jobs import Parallel, Task, TaskResult, WorkerCrashedError
-from parallel_jobs.records import Failure
+from parallel_jobs.protocol.pickling import Failure
 from tests import jobs
 
 

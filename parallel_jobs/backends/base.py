@@ -186,19 +186,14 @@ def kill_group(pid: int) -> None:
 
 def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
     """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
-    from ..records import Failure
-
-    batch = Batch.empty(chunk.indices, pid)
-    for pos, index in enumerate(chunk.indices):
-        batch.failures[pos] = Failure.capture(error_for[index])
-    return batch
+    return Batch.failed(chunk.indices, error_for, pid)
 
 
 def mark_overruns(batch: Batch, timeout: float | None) -> Batch:
     """Fail the tasks of ``batch`` that ran longer than ``timeout``, for backends that can only
     notice an overrun after the task returns."""
     from ..errors import TaskTimeoutError
-    from ..records import Failure
+    from ..protocol.pickling import Failure
 
     if timeout is None:
         return batch

@@ -32,7 +32,6 @@ import importlib
 import mmap
 import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -40,10 +39,24 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from ..engine.health import crash_error, replay_logs
 from ..errors import MemoryLimitError, TaskTimeoutError, WorkerCrashedError
-from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
-from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, RELEASE, STOP, manager_main, worker_main, world
+from ..protocol.messages import (
+    EXIT,
+    IDLE,
+    RELEASE,
+    STOP,
+    chunk_pickler,
+    decode_batch,
+    encode_chunk,
+    needs_copies,
+    pack_payload,
+    pack_per_task,
+    world,
+)
+from ..records import Batch, Chunk, Payload, WorkerOptions
+from ..worker import manager_main, worker_main
+from ..worker_health import prepare_threads
 from .base import (
     Backend,
     BackendOptions,
@@ -52,14 +65,6 @@ from .base import (
     kill_tree,
     logger,
     wait_for_deadlines,
-)
-from .wire import (
-    chunk_pickler,
-    decode_batch,
-    encode_chunk,
-    needs_copies,
-    pack_payload,
-    pack_per_task,
 )
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method", "release_workers"]
@@ -129,7 +134,7 @@ def _preload_forkserver(module: Any) -> None:
 
 INHERIT_MOST_TASKS = 200
 """Forked workers inherit the large arrays of a run of up to this many tasks per worker (see
-``_shm``); longer runs copy them to shared memory once."""
+``protocol.shm``); longer runs copy them to shared memory once."""
 
 
 class _Lifelines:
@@ -335,7 +340,7 @@ def _tell_to_exit(workers: Sequence[_Worker]) -> None:
     """Tell idle ``workers`` to exit (without waiting for them)."""
     for worker in workers:
         try:
-            worker.conn.send_bytes(_EXIT)
+            worker.conn.send_bytes(EXIT)
         except OSError:
             pass
 
@@ -347,7 +352,6 @@ def _join(workers: Sequence[_Worker], grace: float) -> None:
         worker.process.join(max(0.0, deadline - time.monotonic()))
 
 
-_EXIT = pickle.dumps(None)
 """What a worker reads as "exit now"."""
 
 
@@ -402,7 +406,7 @@ class ProcessPoolBackend(Backend):
             # work while the next fork takes its millisecond. It inherits the packed payload
             # (packed only if a task could change it: a plain run never imports dill).
             if needs_copies(payload):
-                from .._shm import SharedArrays
+                from ..protocol.shm import SharedArrays
 
                 # Large arrays stay where they are, inherited, unless a run of many tasks
                 # makes checking them after each task cost more than one copy to shared memory
@@ -425,7 +429,7 @@ class ProcessPoolBackend(Backend):
                 self._spawn(number)
         # Packed only now, while the workers boot: under spawn their imports take as long as
         # copying hundreds of megabytes into shared memory.
-        from .._shm import SharedArrays
+        from ..protocol.shm import SharedArrays
 
         self.shared = SharedArrays()
         self.payload = pack_payload(pack_per_task(payload, self.shared), self.shared)
@@ -469,7 +473,7 @@ class ProcessPoolBackend(Backend):
         """Four doubles shared with a worker: the task it runs and since when, which it
         writes, whether to start no further task, which this process writes (see
         :func:`~parallel_jobs.worker.run_chunk`), and the memory that broke
-        ``task_memory_limit`` (see :mod:`~parallel_jobs.health`)."""
+        ``task_memory_limit`` (see :mod:`~parallel_jobs.worker_health`)."""
         if self.forked:
             # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
             # worker's start a file in /dev/shm and an arena of multiprocessing's heap.

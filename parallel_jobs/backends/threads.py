@@ -15,9 +15,10 @@ import time
 from typing import Any
 
 from ..errors import TaskTimeoutError
-from ..health import start_in_thread
+from ..protocol.messages import IDLE, STOP
 from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, STOP, run_chunk
+from ..worker import run_chunk
+from ..worker_health import start_in_thread
 from .base import Backend, BackendOptions, logger, run_copied, wait_for_deadlines
 
 __all__ = ["ThreadBackend"]
