@@ -411,6 +411,10 @@ def _rng_functions() -> list[tuple[Any, str, Any]]:
     import random
 
     np = sys.modules.get("numpy")
+    # The hidden generators behind the module-level functions have only private names; their
+    # functions' __self__ is no way to them once hooks replaced those functions. Without them
+    # no task is seeded: tests/test_fidelity.py::test_a_seeded_caller_gets_the_numbers_sciris_gives
+    # fails.
     legacy = None if np is None else np.random.mtrand._rand
     key = (id(random._inst), id(legacy))
     if _RNG_FUNCTIONS and _RNG_FUNCTIONS[0] == key:
@@ -579,7 +583,7 @@ def prepare_seeding() -> None:
 
 
 def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = None) -> None:
-    """Serve chunks from ``conn`` until it sends None or closes.
+    """Serve chunks from ``conn`` until it sends :data:`EXIT` or closes.
 
     ``payload`` is the Payload itself when the worker was forked (inherited, never pickled);
     otherwise it is None and each run starts with a :data:`WORLD` message, then the bytes
@@ -643,6 +647,9 @@ def _after_fork() -> None:
     """
     library = sys.modules.get("multiprocess.util")
     if library is not None:
+        # Private, but the only way to run them: tests/test_fork_library.py::
+        # test_a_multiprocess_manager_dict_among_the_shared_arguments_works_in_forked_workers
+        # fails without it.
         library._run_after_forkers()
 
 
@@ -660,13 +667,13 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
             return False
         if message == RELEASE:
             return True
+        if message == EXIT:
+            return False
         try:
             chunk = pickle.loads(message)
         except Exception as exc:
             reply = dumps(unpickling_error("the arguments of the tasks sent", exc))
         else:
-            if chunk is None:
-                return False
             if refusal is not None:
                 reply = dumps(refusal)
             else:

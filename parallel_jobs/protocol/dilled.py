@@ -110,7 +110,9 @@ class MainPickler(dill.Pickler):
     """dill, for a process whose ``__main__`` is not this one's: functions of a lost
     ``__main__`` carry the globals they use, and its classes are tracked."""
 
-    _recurse: bool  # dill's setting, read by dill when it saves a function
+    # dill's private setting, read when it saves a function: its only switch for one function
+    # at a time (tests/test_notebook.py::test_notebook_cells_run_in_workers fails without it).
+    _recurse: bool
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
