@@ -117,7 +117,7 @@ class Payload:
             for itself; ``args`` is then empty and ``kwargs`` holds only what tasks share on
             purpose (:data:`SHARED_ON_PURPOSE`).
         entropy: the draw from the caller's NumPy RNG from which each task's seed is derived,
-            or None to leave the random generators alone (see ``worker.TaskSeeder``).
+            or None to leave the random generators alone (see ``seeding.TaskSeeder``).
         eager_seeding: seed before every task instead of at a task's first random draw (the
             function holds a random function by another name, which no lazy hook can see).
         capture: keep what each task prints (its stdout and stderr) instead of showing it.

@@ -75,7 +75,7 @@ class Backend(abc.ABC):
     chunk_target: float = 0.02
     chunk_floor: float = 0.002
     #: Whether tasks run in processes of their own, whose random generators sciris reseeds for
-    #: each task (the Runner then draws the run's entropy; see ``worker.TaskSeeder``).
+    #: each task (the Runner then draws the run's entropy; see ``seeding.TaskSeeder``).
     reseeds: bool = False
     #: Whether :meth:`stop_tasks` reaches into chunks already sent; if not, a run that a
     #: callback may stop sends one task at a time, so that none starts after the stop.

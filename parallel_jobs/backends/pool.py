@@ -202,15 +202,15 @@ class _KeptWorkers:
     A spawned worker is a new interpreter that must import Python's and the caller's modules
     (0.2 s on a small machine) before its first task; a forked one is ready in a millisecond.
     So spawned and forkserver workers whose run ended cleanly are kept, idle and holding nothing
-    of that run (see :data:`~parallel_jobs.worker.RELEASE`), for the next run of the same library
-    and start method in this process. They are stopped at interpreter exit, by
+    of that run (see :data:`~parallel_jobs.protocol.messages.RELEASE`), for the next run of the
+    same library and start method in this process. They are stopped at interpreter exit, by
     :func:`release_workers`, and by the kernel when this process ends (Linux).
 
     A kept worker has imported the caller's modules as they were: once any module is reloaded
     (``importlib.reload``, a notebook's autoreload), every kept worker is stopped rather than
     reused, so that a run always calls the caller's current code. The working directory,
     environment and ``sys.path`` are sent with each run's payload instead
-    (:func:`~parallel_jobs.worker.world`).
+    (:func:`~parallel_jobs.protocol.messages.world`).
     """
 
     def __init__(self) -> None:

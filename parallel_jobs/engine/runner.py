@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..protocol.pickling import Failure
 from ..records import Batch, Chunk, Payload, Task, WorkerOptions, shorten, task_call
-from ..worker import binds_random_early, draw_entropy, prepare_seeding
+from ..seeding import binds_random_early, draw_entropy, prepare_seeding
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import NullReporter, make_reporter
 from .store import SUCCEEDED, OutcomeStore
