@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, exception_text
-from ..records import Batch, Chunk, Payload
+from ..records import SHARED_ON_PURPOSE, Batch, Chunk, Payload
 from ..worker import run_chunk
 
 __all__ = [
@@ -208,14 +208,15 @@ def mark_overruns(batch: Batch, timeout: float | None) -> Batch:
 def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
     """Deep copies of the arguments in ``payload`` and ``chunk``, for the '-copy' parallelizers.
 
-    ``globaldict`` is shared on purpose and never copied.
+    What tasks share on purpose (``globaldict``, see ``records.SHARED_ON_PURPOSE``) is never
+    copied.
 
     Raises:
         SerializationError: naming the argument that cannot be copied (its ``reason`` is what
             ``copy.deepcopy`` raised), so that the Runner fails the chunk's tasks with it.
     """
     kwargs = {
-        key: value if key == "globaldict" else _copy(value, f"keyword argument {key!r}")
+        key: value if key in SHARED_ON_PURPOSE else _copy(value, f"keyword argument {key!r}")
         for key, value in payload.kwargs.items()
     }
     args = tuple(_copy(value, f"args[{pos}]") for pos, value in enumerate(payload.args))
