@@ -125,51 +125,6 @@ def own(value: Any) -> Any:
     return value if is_immutable(value) else Own(dumps(value))
 
 
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` as Python prints it, or ``""`` for an exception never raised
-    (a crash or a timeout that the parent describes): its text would only repeat the message."""
-    if exc.__traceback__ is None:
-        return ""
-    try:
-        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        # The traceback module guards str() of the exception, but not everything a hostile
-        # exception can break (a __notes__ that is not a list, say): keep the type at least.
-        return f"{type(exc).__qualname__}: {exception_text(exc)}\n"
-
-
-def rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) -> Failure:
-    exception: BaseException | None = None
-    if blob is not None:
-        try:
-            exception = _assemble(pickle.loads(blob))
-        except Exception:
-            exception = None
-    if exception is None:
-        exception = RemoteTaskError(type_name, message, tb)
-    return Failure(exception, type_name, message, tb)
-
-
-class _Shell(tuple):
-    """An exception taken apart: its class, ``args`` and attributes.
-
-    Pickling an exception records ``cls(*args)``, which fails for a class whose ``__init__``
-    takes other parameters than it passes to ``super().__init__``; a shell re-creates such an
-    exception without calling ``__init__``, so the caller still gets its own exception type.
-    """
-
-
-def _assemble(loaded: Any) -> BaseException:
-    if not isinstance(loaded, _Shell):
-        assert isinstance(loaded, BaseException)
-        return loaded
-    cls, args, attributes = loaded
-    exception: BaseException = BaseException.__new__(cls)
-    exception.args = args
-    exception.__dict__.update(attributes)
-    return exception
-
-
 def dumps(obj: Any) -> bytes:
     """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
 
@@ -231,7 +186,60 @@ def _pickle_with(c_pickler: pickle.Pickler, buffer: io.BytesIO, dill_pickler: An
     return pickle.dumps(Dilled(blob), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+# -- a task's failure, across the boundary -------------------------------------------------------
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as Python prints it, or ``""`` for an exception never raised
+    (a crash or a timeout that the parent describes): its text would only repeat the message."""
+    if exc.__traceback__ is None:
+        return ""
+    try:
+        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        # The traceback module guards str() of the exception, but not everything a hostile
+        # exception can break (a __notes__ that is not a list, say): keep the type at least.
+        return f"{type(exc).__qualname__}: {exception_text(exc)}\n"
+
+
+def rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) -> Failure:
+    """The :class:`Failure` that :func:`dumps_exception` made ``blob`` of: its exception
+    re-created, or a :class:`~parallel_jobs.errors.RemoteTaskError` keeping its type name,
+    message and traceback text ``tb`` where it cannot be (``blob`` is None, or fails)."""
+    exception: BaseException | None = None
+    if blob is not None:
+        try:
+            exception = _assemble(pickle.loads(blob))
+        except Exception:
+            exception = None
+    if exception is None:
+        exception = RemoteTaskError(type_name, message, tb)
+    return Failure(exception, type_name, message, tb)
+
+
+class _Shell(tuple):
+    """An exception taken apart: its class, ``args`` and attributes.
+
+    Pickling an exception records ``cls(*args)``, which fails for a class whose ``__init__``
+    takes other parameters than it passes to ``super().__init__``; a shell re-creates such an
+    exception without calling ``__init__``, so the caller still gets its own exception type.
+    """
+
+
+def _assemble(loaded: Any) -> BaseException:
+    if not isinstance(loaded, _Shell):
+        assert isinstance(loaded, BaseException)
+        return loaded
+    cls, args, attributes = loaded
+    exception: BaseException = BaseException.__new__(cls)
+    exception.args = args
+    exception.__dict__.update(attributes)
+    return exception
+
+
 def dumps_exception(exc: BaseException) -> bytes | None:
+    """``exc`` pickled without its traceback, as itself or, when it would not unpickle as
+    itself, taken apart; None when it cannot be pickled at all."""
     exc_tb = exc.__traceback__
     try:
         # The traceback holds frames, which never pickle; the text travels separately.
