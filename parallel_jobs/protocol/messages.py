@@ -67,9 +67,10 @@ INDEX, STARTED, STOP, MEMORY = 0, 1, 2, 3
 IDLE = 0.0
 """The value of a worker's ``slot[STARTED]`` while no task is running."""
 
-EXIT = b"parallel_jobs.exit"
+EXIT = pickle.dumps(None)
 """Told to a worker to end: it exits once it has read this, in place of a payload or a chunk
-(bytes that no pickle is, so the worker tells it apart before unpickling anything)."""
+(the pickle of None, which no payload or chunk is: the worker compares the bytes before it
+unpickles anything)."""
 
 RELEASE = b"parallel_jobs.release"
 """Told to a worker whose run has ended but which the parent keeps for its next run: drop the
