@@ -182,7 +182,13 @@ def shorten(task: Task, each: int, items: int, most: int) -> str:
 
 
 def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Return the ``(args, kwargs)`` that calling ``task`` passes to the function.
+    """Return the ``(args, kwargs)`` that calling ``task`` passes to the function: the task's
+    own values, then the shared ``args``; the shared ``kwargs``, which the task's own keyword
+    values override.
+
+    This is the rule; the worker's loop (``worker._run_loop``) applies it inline, a call per
+    task being too dear for tiny tasks, and a test pins that the two agree
+    (``tests/test_records.py::test_the_worker_calls_each_task_as_task_call_builds_it``).
 
     Examples:
         >>> task_call(Payload(max, args=(10,), kwargs={}), Task(0, args=(3,)))
