@@ -29,8 +29,8 @@ from .errors import (
     UnknownParallelizerError,
     WorkerCrashedError,
 )
-from .health import worker_state
 from .records import Task, TaskResult
+from .worker_health import worker_state
 
 __version__ = "0.3.0"
 

@@ -21,8 +21,8 @@ import attrs
 
 from ._cpus import cpu_count
 from .backends import Choice, resolve
-from .health import WorkerOptions, worker_options
-from .records import Payload
+from .engine.health import worker_options
+from .records import Payload, WorkerOptions
 
 __all__ = [
     "IGNORED_LBKWARGS", "LONGEST_TIMEOUT", "OPTION_NAMES", "AttrDict", "RunConfig",

@@ -7,44 +7,43 @@ their outcomes, stored column-wise so that 100,000 tiny results cost a few array
 100,000 objects.
 
 This module holds data and the rules for building a call from it; it starts no process and
-imports nothing from the parent side.
+imports nothing from the parent side. A :class:`~parallel_jobs.protocol.pickling.Failure` (a
+task's exception, able to cross a process boundary) is pickling's own record: it lives there.
 """
 
 from __future__ import annotations
 
 import functools
-import io
-import pickle
 import reprlib
-import sys
-import traceback as traceback_module
-import types
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from .errors import RemoteTaskError, exception_text
+from .protocol.pickling import Failure
 
 __all__ = [
+    "GLOBALDICT",
+    "SHARED_ON_PURPOSE",
     "Batch",
     "Chunk",
-    "Failure",
-    "Own",
     "Payload",
     "Task",
     "TaskResult",
-    "Unloadable",
-    "atomic_values",
-    "dumps",
-    "dumps_for_spawned",
-    "is_immutable",
-    "own",
-    "own_values",
+    "WorkerOptions",
     "shorten",
     "task_call",
+    "zeros",
 ]
+
+GLOBALDICT = "globaldict"
+"""The keyword under which tasks get the run's ``globaldict``."""
+
+SHARED_ON_PURPOSE = frozenset({GLOBALDICT})
+"""The keyword arguments that every task shares on purpose: one object for all of them, whose
+changes every task sees. They are no task's input: never copied for a task, and no part of what
+identifies a run's inputs. Every part of the package reads them from here."""
 
 
 @attrs.frozen(slots=True)
@@ -70,13 +69,44 @@ class Task:
 
 
 @attrs.frozen(slots=True)
+class WorkerOptions:
+    """What a worker process does to stay healthy (every field off by default).
+
+    Attributes:
+        initializer: called once in each worker, with ``initargs``, before its first task.
+        initargs: the positional arguments of ``initializer``.
+        max_tasks: tasks a worker runs before it is replaced, or None.
+        max_memory: bytes of RSS past which a worker is replaced after its task, or None.
+        task_memory_limit: bytes of RSS past which the running task is killed, or None.
+        threads: threads each BLAS/OpenMP library may use in a worker, or None to leave them.
+        log_level: the level of the caller's root logger, when the records that tasks log
+            are sent back to the caller's handlers (see ``worker_health.run_keeping_logs``),
+            else None.
+    """
+
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks: int | None = None
+    max_memory: int | None = None
+    task_memory_limit: int | None = None
+    threads: int | None = None
+    log_level: int | None = None
+
+    @property
+    def recycles(self) -> bool:
+        """Whether a worker may have to be replaced between two tasks."""
+        return self.max_tasks is not None or self.max_memory is not None
+
+
+@attrs.frozen(slots=True)
 class Payload:
     """What every task of a run shares; it reaches each worker once.
 
-    A process backend packs it (see ``_shm.pack_payload``) so that each task gets its own
-    copy of what it shares, as sciris' pickling per task gives: the function (when it carries
-    state) and the shared arguments are pickled once, into ``blob``, and unpickled afresh for
-    every task. A task that mutates what it was handed never changes what the next one sees.
+    A process backend packs it (see ``protocol.messages.pack_per_task``) so that each task gets
+    its own copy of what it shares, as sciris' pickling per task gives: the function (when it
+    carries state) and the shared arguments are pickled once, into ``blob``, and unpickled
+    afresh for every task. A task that mutates what it was handed never changes what the next
+    one sees.
 
     Attributes:
         func: the function to call.
@@ -85,9 +115,9 @@ class Payload:
             a task's own keyword values win over these.
         blob: when set, the pickled ``(func or None, args, kwargs)`` that each task unpickles
             for itself; ``args`` is then empty and ``kwargs`` holds only what tasks share on
-            purpose (``globaldict``).
+            purpose (:data:`SHARED_ON_PURPOSE`).
         entropy: the draw from the caller's NumPy RNG from which each task's seed is derived,
-            or None to leave the random generators alone (see ``worker.TaskSeeder``).
+            or None to leave the random generators alone (see ``seeding.TaskSeeder``).
         eager_seeding: seed before every task instead of at a task's first random draw (the
             function holds a random function by another name, which no lazy hook can see).
         capture: keep what each task prints (its stdout and stderr) instead of showing it.
@@ -104,103 +134,28 @@ class Payload:
     eager_seeding: bool = False
     capture: bool = False
     echo: bool = False
-    worker: Any = None
-    """The run's ``health.WorkerOptions`` (set-up, recycling, limits), or None."""
+    worker: WorkerOptions | None = None
+    """What worker processes do to stay healthy (set-up, recycling, limits), or None."""
 
+    @property
+    def globaldict(self) -> Any:
+        """The object shared as ``globaldict`` with every task, or None."""
+        return self.kwargs.get(GLOBALDICT)
 
-_ATOMIC = frozenset({int, float, complex, bool, str, bytes, type(None), range, type(Ellipsis)})
-"""Types whose values no task can change: sharing one is the same as handing out copies."""
+    def sharing(self, globaldict: Any) -> Payload:
+        """This payload, handing ``globaldict`` to every task (one object, never copied)."""
+        return attrs.evolve(self, kwargs={**self.kwargs, GLOBALDICT: globaldict})
 
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The shared keyword arguments that are inputs: all but :data:`SHARED_ON_PURPOSE`."""
+        return {key: value for key, value in self.kwargs.items()
+                if key not in SHARED_ON_PURPOSE}
 
-def is_immutable(value: Any, depth: int = 0) -> bool:
-    """Whether no task could change ``value`` (so one object may serve every task).
-
-    Numbers, strings and bytes are, and tuples and frozensets of them; so are functions that
-    close over nothing, classes and modules, which pickling passes by reference anyway, so
-    that sciris' tasks shared them too.
-
-    Examples:
-        >>> is_immutable((1, "a", None)), is_immutable({"a": 1}), is_immutable(len)
-        (True, False, True)
-    """
-    kind = type(value)
-    if kind in _ATOMIC:
-        return True
-    if kind is tuple or kind is frozenset:
-        return depth < 8 and all(is_immutable(item, depth + 1) for item in value)
-    if kind is types.FunctionType:
-        return value.__closure__ is None
-    if kind in _BY_REFERENCE:
-        return True
-    np = sys.modules.get("numpy")  # NumPy's scalars (np.float64, ...) are values too
-    return np is not None and isinstance(value, np.generic) and not isinstance(value, np.void)
-
-
-_BY_REFERENCE = frozenset({
-    types.BuiltinFunctionType, types.ModuleType, type,
-})
-
-
-def atomic_values(values: Sequence[Any]) -> bool:
-    """Whether every item of ``values`` is of an atomic type (checked at C speed).
-
-    Examples:
-        >>> atomic_values([1, 2.5, "x"]), atomic_values([1, [2]])
-        (True, False)
-    """
-    return _ATOMIC.issuperset(map(type, values))
-
-
-class Own:
-    """One value pickled on its own, so that it shares no object with its neighbours.
-
-    A chunk's values, or a batch's results, travel in one pickle, in which one object met twice
-    is sent once and comes back as one object: two tasks handed the same list would share it,
-    and two results that are the same dict would come back as one. sciris pickles each task
-    and each result separately; wrapping each value that could be shared in an ``Own`` gives
-    the same. Unpickling it gives the value, or an :class:`Unloadable` saying why it could not.
-    """
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return _load_own, (self.blob,)
-
-
-class Unloadable:
-    """Stands for a value that could not be unpickled where it arrived."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _load_own(blob: bytes) -> Any:
-    try:
-        return pickle.loads(blob)
-    except Exception as exc:
-        return Unloadable(f"{type(exc).__name__}: {exc}")
-
-
-def own(value: Any) -> Any:
-    """``value`` itself if it is atomic, else an :class:`Own` pickle of it.
-
-    Raises:
-        Exception: whatever pickling ``value`` raises.
-    """
-    return value if is_immutable(value) else Own(dumps(value))
-
-
-def own_values(values: Sequence[Any]) -> list[Any] | None:
-    """``values`` with every value that is not atomic in its own pickle, or None when none
-    needs it (the common case of numbers and strings costs one C-speed pass)."""
-    if len(values) < 2 or atomic_values(values):
-        return None
-    return [own(value) for value in values]
+    @property
+    def on_purpose(self) -> dict[str, Any]:
+        """The keyword arguments every task shares on purpose (:data:`SHARED_ON_PURPOSE`)."""
+        return {key: value for key, value in self.kwargs.items() if key in SHARED_ON_PURPOSE}
 
 
 @functools.lru_cache(maxsize=4)
@@ -227,7 +182,13 @@ def shorten(task: Task, each: int, items: int, most: int) -> str:
 
 
 def task_call(payload: Payload, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Return the ``(args, kwargs)`` that calling ``task`` passes to the function.
+    """Return the ``(args, kwargs)`` that calling ``task`` passes to the function: the task's
+    own values, then the shared ``args``; the shared ``kwargs``, which the task's own keyword
+    values override.
+
+    This is the rule; the worker's loop (``worker._run_loop``) applies it inline, a call per
+    task being too dear for tiny tasks, and a test pins that the two agree
+    (``tests/test_records.py::test_the_worker_calls_each_task_as_task_call_builds_it``).
 
     Examples:
         >>> task_call(Payload(max, args=(10,), kwargs={}), Task(0, args=(3,)))
@@ -274,177 +235,6 @@ class Chunk:
             yield Task(index, args, kwargs)
 
 
-def _format_traceback(exc: BaseException) -> str:
-    """The traceback of ``exc`` as Python prints it, or ``""`` for an exception never raised
-    (a crash or a timeout that the parent describes): its text would only repeat the message."""
-    if exc.__traceback__ is None:
-        return ""
-    try:
-        return "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        # The traceback module guards str() of the exception, but not everything a hostile
-        # exception can break (a __notes__ that is not a list, say): keep the type at least.
-        return f"{type(exc).__qualname__}: {exception_text(exc)}\n"
-
-
-def _rebuild_failure(blob: bytes | None, type_name: str, message: str, tb: str) -> Failure:
-    exception: BaseException | None = None
-    if blob is not None:
-        try:
-            exception = _assemble(pickle.loads(blob))
-        except Exception:
-            exception = None
-    if exception is None:
-        exception = RemoteTaskError(type_name, message, tb)
-    return Failure(exception, type_name, message, tb)
-
-
-class _Shell(tuple):
-    """An exception taken apart: its class, ``args`` and attributes.
-
-    Pickling an exception records ``cls(*args)``, which fails for a class whose ``__init__``
-    takes other parameters than it passes to ``super().__init__``; a shell re-creates such an
-    exception without calling ``__init__``, so the caller still gets its own exception type.
-    """
-
-
-def _assemble(loaded: Any) -> BaseException:
-    if not isinstance(loaded, _Shell):
-        assert isinstance(loaded, BaseException)
-        return loaded
-    cls, args, attributes = loaded
-    exception: BaseException = BaseException.__new__(cls)
-    exception.args = args
-    exception.__dict__.update(attributes)
-    return exception
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickle with the C pickler, falling back to dill for lambdas, closures and the like.
-
-    For a process that shares this one's ``__main__``: a forked worker, or the parent that a
-    worker answers (:func:`dumps_for_spawned` serves the others). What the C pickler refuses is
-    retried with the classes and functions that ``__main__`` lacks by value (a spawned worker's
-    copies of the caller's classes), then with dill.
-
-    What dill pickles travels wrapped, so that plain ``pickle.loads`` reads it back: dill's
-    pickles name modules that exist only once dill is imported, and the process reading them
-    (a forked worker, or the parent of a run that pickled nothing exotic so far) may not have
-    imported it.
-
-    Examples:
-        >>> import pickle
-        >>> pickle.loads(dumps({"x": (1, 2.5)}))
-        {'x': (1, 2.5)}
-    """
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        from ._main_pickling import SharedMainCPickler, SharedMainPickler
-
-        buffer = io.BytesIO()
-        return _pickle_with(SharedMainCPickler(buffer), buffer, SharedMainPickler, obj)
-
-
-def dumps_for_spawned(obj: Any, blobs: dict[Any, bytes] | None = None) -> bytes:
-    """Pickle for a worker that did not inherit this process's ``__main__`` (spawn, forkserver).
-
-    Where ``__main__`` cannot be imported by such a worker (a notebook, a REPL, ``python -c``),
-    the classes and functions it defines travel by value (see :mod:`._main_pickling`), pickled
-    once per ``blobs`` dict (one per run); else this is :func:`dumps`. Either way the C pickler
-    does the work and dill only what it refuses.
-
-    Examples:
-        >>> import pickle
-        >>> pickle.loads(dumps_for_spawned([1, "a"]))
-        [1, 'a']
-    """
-    from ._main_pickling import MainPickler, SpawnPickler, main_is_importable
-
-    if main_is_importable():
-        return dumps(obj)
-    buffer = io.BytesIO()
-    return _pickle_with(SpawnPickler(buffer, blobs), buffer, MainPickler, obj)
-
-
-def _pickle_with(c_pickler: pickle.Pickler, buffer: io.BytesIO, dill_pickler: Any,
-                 obj: Any) -> bytes:
-    """Pickle ``obj`` with ``c_pickler`` (writing to ``buffer``), else with ``dill_pickler``."""
-    try:
-        c_pickler.dump(obj)
-        return buffer.getvalue()
-    except Exception:
-        from ._main_pickling import dill_dumps
-
-        blob = dill_dumps(dill_pickler, obj)
-    return pickle.dumps(_Dilled(blob), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-class _Dilled:
-    """Bytes that dill made; unpickling this unpickles them with dill (imported then)."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return _undill, (self.blob,)
-
-
-def _undill(blob: bytes) -> Any:
-    import dill
-
-    return dill.loads(blob)
-
-
-def _dumps_exception(exc: BaseException) -> bytes | None:
-    exc_tb = exc.__traceback__
-    try:
-        # The traceback holds frames, which never pickle; the text travels separately.
-        exc.__traceback__ = None
-        blob = dumps(exc)
-        try:
-            pickle.loads(blob)
-        except Exception:
-            blob = dumps(_Shell((type(exc), exc.args, dict(getattr(exc, "__dict__", {})))))
-        return blob
-    except Exception:
-        return None
-    finally:
-        exc.__traceback__ = exc_tb
-
-
-@attrs.frozen(slots=True)
-class Failure:
-    """An exception raised by a task, able to cross a process boundary.
-
-    In the process that caught it, ``exception`` is the original object. When pickled, the
-    exception travels as bytes beside its type name, message and traceback text; if it cannot be
-    pickled, or cannot be re-created on the other side, a :class:`RemoteTaskError` keeping that
-    text takes its place.
-    """
-
-    exception: BaseException
-    type_name: str
-    message: str
-    traceback: str
-
-    @classmethod
-    def capture(cls, exc: BaseException) -> Failure:
-        """Record ``exc`` with its formatted traceback (``""`` if it was never raised).
-
-        Never raises, whatever ``exc`` does: a ``__str__`` that raises costs only the message.
-        """
-        cls_ = type(exc)
-        name = f"{cls_.__module__}.{cls_.__qualname__}"
-        return cls(exc, name, exception_text(exc), _format_traceback(exc))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        blob = _dumps_exception(self.exception)
-        return (_rebuild_failure, (blob, self.type_name, self.message, self.traceback))
-
-
 _DOUBLE = "d"
 _INT64 = "q"
 
@@ -485,13 +275,13 @@ class Batch:
     stderr: list[str] | None = None
     retire: bool = False
     """Set by a forked worker that must run no further task (one of its tasks wrote to an
-    array it inherited, see ``_shm``, or it wore out, see ``health``): it exits once this
-    batch is sent."""
+    array it inherited, see ``protocol.shm``, or it wore out, see ``worker_health``): it exits
+    once this batch is sent."""
     retire_reason: str = ""
     """Why the worker retires, when a health option made it (logged and reported)."""
     logs: list[Any] | None = None
     """The ``logging`` records the tasks emitted in a worker process, for the caller's
-    handlers (see ``health.replay_logs``)."""
+    handlers (see ``engine.health.replay_logs``)."""
 
     def cut(self, ran: int) -> None:
         """Keep only the first ``ran`` tasks; the others did not run and go to ``requeue``."""
@@ -515,6 +305,15 @@ class Batch:
             peak_rss=zeros(_INT64, n),
             pid=pid,
         )
+
+    @classmethod
+    def failed(cls, indices: Sequence[int], error_for: Mapping[int, BaseException],
+               pid: int) -> Batch:
+        """A batch in which every task of ``indices`` failed with ``error_for[index]``."""
+        batch = cls.empty(indices, pid)
+        for pos, index in enumerate(indices):
+            batch.failures[pos] = Failure.capture(error_for[index])
+        return batch
 
     @classmethod
     def lost(

@@ -1,17 +1,19 @@
 """Code that runs where the tasks run: in a worker process, a thread, or the caller's own loop.
 
-:func:`run_chunk` calls the function for each task of a chunk and measures each call (wall time,
-CPU time, peak memory); every backend executes tasks through it, so all backends agree on how a
-call is built and what a result holds. :func:`worker_main` is the loop of one process of the
-default pool: receive a chunk, run it, send the batch back, until told to stop or the parent goes.
+:func:`run_chunk` calls the function for each task of a chunk and measures each call (wall time
+in the loop, CPU time and peak memory with a :class:`Meter`); every backend executes tasks
+through it, so all backends agree on how a call is built and what a result holds.
+:func:`worker_main` is the loop of one process of the default pool: receive a payload, then
+chunks, run each and send its batch back, until :data:`~.protocol.messages.RELEASE`,
+:data:`~.protocol.messages.EXIT` or the parent's end (see :mod:`.protocol.messages`).
 
-This module must not import the parent side (runner, backends, Parallel): it is what a worker
-loads.
+It imports the protocol, the records, the seeding and the worker's health; it must not import
+the parent side (engine, backends, api): it is what a worker loads.
 """
 
 from __future__ import annotations
 
-import ctypes  # imported here, in the parent, so that forked workers start without the cost
+import functools
 import gc
 import io
 import os
@@ -23,24 +25,30 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import CallerInterrupt, SerializationError
-from .records import Batch, Chunk, Failure, Payload, Unloadable, atomic_values, dumps, own
+from .protocol.messages import (
+    EXIT,
+    IDLE,
+    INDEX,
+    RELEASE,
+    STARTED,
+    STOP,
+    WORLD,
+    encode_batch,
+    take_world,
+    unpickling_error,
+)
+from .protocol.pickling import Failure, Unloadable, dumps
+from .records import Batch, Chunk, Payload
+from .seeding import TaskSeeder
+from .worker_health import run_keeping_logs, run_recycled, start_worker
 
 __all__ = [
     "FINE",
-    "IDLE",
-    "RELEASE",
     "UNMETERED_RUN",
-    "WORLD",
-    "TaskSeeder",
-    "binds_random_early",
-    "draw_entropy",
-    "dumps",
-    "encode_batch",
+    "Meter",
     "manager_main",
     "run_chunk",
-    "take_world",
     "worker_main",
-    "world",
 ]
 
 try:
@@ -58,10 +66,6 @@ except ImportError:  # pragma: no cover - Windows
 
     def _usage() -> tuple[float, int]:
         return time.process_time(), 0
-
-
-IDLE = 0.0
-"""The value of a worker's ``slot[1]`` (task start time) while no task is running."""
 
 
 def _read_hwm(status: int) -> int:
@@ -125,11 +129,6 @@ FINE = 20e-6
 #: At most this many unmetered tasks in a row, so the next metered task's CPU time (taken as a
 #: difference from the last reading) carries at most this many loop overheads of error.
 UNMETERED_RUN = 32
-
-
-#: Where in a worker's slot each value lives: the running task, when it started, and (in the
-#: default pool's slots) whether the parent asked to start no further task.
-INDEX, STARTED, STOP = 0, 1, 2
 
 
 def run_chunk(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
@@ -203,30 +202,44 @@ def _run_tasks(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
     Each task gets its own copy of what tasks share when the payload was packed for it
     (``Payload.blob``), and its own seed when the payload carries entropy.
     """
-    func = payload.func
-    shared_args = tuple(payload.args)
-    shared_kwargs = payload.kwargs
-    blob = payload.blob
-    indices, itervals, iterkwargs = chunk.indices, chunk.itervals, chunk.iterkwargs
-    batch = Batch.empty(indices, os.getpid())
-    values, started, elapsed = batch.values, batch.started, batch.elapsed
-    cpu_time, peak_rss, failures = batch.cpu_time, batch.peak_rss, batch.failures
+    batch = Batch.empty(chunk.indices, os.getpid())
     if slot is None:
         slot = [0.0, IDLE]
-    stoppable = len(slot) > STOP
     seeder = TaskSeeder.for_run(payload.entropy, payload.eager_seeding)
+    _run_loop(payload, chunk, batch, slot, seeder)
+    slot[STARTED] = IDLE
+    if seeder is not None:
+        seeder.end()
+    if payload.blob is not None and not batch.retire and _wrote_inherited():
+        batch.retire = True
+    return batch
+
+
+def _run_loop(payload: Payload, chunk: Chunk, batch: Batch, slot: Any,
+              seeder: TaskSeeder | None) -> None:
+    """The loop of :func:`_run_tasks`: fills ``batch``, one task after the other.
+
+    Longer than our functions should be, on purpose: everything a tiny task needs is inlined
+    here, on local variables, because one more function call per task would cost a 1 us task
+    several percent. Only a task long enough to be metered calls out (:meth:`Meter.read`).
+    """
+    func, shared_args, shared_kwargs = payload.func, tuple(payload.args), payload.kwargs
+    blob, owned = payload.blob, chunk.owned
+    itervals, iterkwargs = chunk.itervals, chunk.iterkwargs
+    values, started, elapsed = batch.values, batch.started, batch.elapsed
+    cpu_time, peak_rss, failures = batch.cpu_time, batch.peak_rss, batch.failures
+    stoppable = len(slot) > STOP
     capture = _Capture(batch) if payload.capture else None
     clock = time.perf_counter
-    # A peak reached before this chunk (start-up, unpickling the chunk) belongs to no task.
-    _reset_peak()
-    cpu_before, peak_before = _usage()
+    meter = Meter(batch)
+    peak = meter.peak
     # Wall time of the tasks since the last reading, already booked as their CPU time.
     unmetered_wall, unmetered = 0.0, 0
-    for pos, index in enumerate(indices):
+    for pos, index in enumerate(chunk.indices):
         if stoppable and slot[STOP]:
             batch.cut(pos)
             break
-        if pos and blob is not None and _written_inherited():
+        if pos and blob is not None and _wrote_inherited():
             # The last task wrote to an array this worker inherited: the rest would see it.
             batch.cut(pos)
             batch.retire = True
@@ -234,12 +247,13 @@ def _run_tasks(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
         try:
             if blob is not None:
                 func, shared_args, shared_kwargs = _fresh(payload, blob)
+            # The call built from a task, as records.task_call builds it (inlined: hot loop).
             if itervals is None:
                 args: tuple[Any, ...] = shared_args
             else:
                 value = itervals[pos]
-                if chunk.owned and type(value) is Unloadable:
-                    raise _unpickling_error(f"the arguments of task {index}", value.reason)
+                if owned and type(value) is Unloadable:
+                    raise unpickling_error(f"the arguments of task {index}", value.reason)
                 args = value if isinstance(value, tuple) else (value,)
                 if shared_args:
                     args += shared_args
@@ -247,8 +261,8 @@ def _run_tasks(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
                 kwargs = shared_kwargs
             else:
                 own = iterkwargs[pos]
-                if chunk.owned and type(own) is Unloadable:
-                    raise _unpickling_error(f"the arguments of task {index}", own.reason)
+                if owned and type(own) is Unloadable:
+                    raise unpickling_error(f"the arguments of task {index}", own.reason)
                 kwargs = {**shared_kwargs, **own}
         except Exception as exc:
             failures[pos] = Failure.capture(exc)
@@ -275,44 +289,67 @@ def _run_tasks(payload: Payload, chunk: Chunk, slot: Any = None) -> Batch:
         elapsed[pos] = wall
         if wall < FINE and unmetered < UNMETERED_RUN:
             cpu_time[pos] = wall
-            peak_rss[pos] = peak_before
+            peak_rss[pos] = peak
             unmetered_wall += wall
             unmetered += 1
             continue
-        cpu_after, peak_after = _usage()
-        cpu_time[pos] = max(0.0, cpu_after - cpu_before - unmetered_wall)
-        peak_rss[pos] = peak_after
+        peak = meter.read(pos, unmetered_wall)
         unmetered_wall, unmetered = 0.0, 0
-        if peak_after > peak_before:
-            # This task raised the high-water mark: reset it so the next task's peak is its own.
+
+
+class Meter:
+    """Meters the tasks of one chunk: the CPU time and peak RSS of each, into its batch.
+
+    A reading costs a system call, more than a tiny task takes, so the loop books a task
+    shorter than :data:`FINE` itself (its wall time as its CPU time, the last peak as its
+    peak) and calls :meth:`read` after the others; a reading after such tasks takes off the
+    wall time already booked for them.
+
+    Attributes:
+        cpu: this process's CPU seconds at the last reading.
+        peak: its peak RSS in bytes at the last reading, reset to its current RSS when a task
+            raised it (so the next task's peak is its own).
+    """
+
+    __slots__ = ("cpu", "cpu_time", "peak", "peak_rss")
+
+    def __init__(self, batch: Batch) -> None:
+        self.cpu_time, self.peak_rss = batch.cpu_time, batch.peak_rss
+        # A peak reached before this chunk (start-up, unpickling the chunk) belongs to no task.
+        _reset_peak()
+        self.cpu, self.peak = _usage()
+
+    def read(self, pos: int, unmetered_wall: float) -> int:
+        """Book the CPU time and peak of the task at ``pos``, which just ended; return the peak
+        the next tasks start from. ``unmetered_wall`` is the wall time of the tasks booked
+        since the last reading."""
+        cpu, peak = _usage()
+        self.cpu_time[pos] = max(0.0, cpu - self.cpu - unmetered_wall)
+        self.peak_rss[pos] = peak
+        if peak > self.peak:
             _reset_peak()
-            cpu_before, peak_before = _usage()
-        else:
-            cpu_before = cpu_after
-    slot[STARTED] = IDLE
-    if seeder is not None:
-        seeder.end()
-    if blob is not None and not batch.retire and _written_inherited():
-        batch.retire = True
-    return batch
+            cpu, self.peak = _usage()
+        self.cpu = cpu
+        return self.peak
 
 
-def _written_inherited() -> bool:
-    from ._shm import inherited_written
+def _wrote_inherited() -> bool:
+    """Whether a task of this process wrote to an array it inherited (see ``protocol.shm``)."""
+    from .protocol.shm import inherited_written  # for import cost: it imports dill
 
     return inherited_written()
 
 
 def _fresh(payload: Payload, blob: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """This task's own copy of the function (if it carries state) and the shared arguments."""
-    from ._shm import loads_payload
+    from .protocol.shm import loads_payload  # for import cost: it imports dill
 
     try:
         func, args, kwargs = loads_payload(blob)
     except Exception as exc:
-        raise _unpickling_error("the function or the shared arguments", exc) from exc
+        raise unpickling_error("the function or the shared arguments", exc) from exc
     if payload.kwargs:
-        kwargs.update(payload.kwargs)  # globaldict: shared on purpose, never copied
+        kwargs.update(payload.kwargs)  # what tasks share on purpose: never copied
     return payload.func if func is None else func, args, kwargs
 
 
@@ -338,258 +375,14 @@ class _Capture:
             self.stderr[pos] = err.getvalue()
 
 
-def encode_batch(batch: Batch) -> bytes:
-    """Pickle ``batch``; a return value that cannot be pickled fails its own task only.
-
-    Results that could be one object (anything but numbers and strings) are pickled one by
-    one, so that two tasks returning the same object give the caller two objects, as with
-    sciris' pickling per task, and a result the parent cannot unpickle fails only its task.
-    """
-    values = batch.values
-    one_by_one = len(values) > 1 and not atomic_values(values)
-    if not one_by_one:
-        try:
-            return dumps(batch)
-        except Exception:
-            pass
-    for pos, value in enumerate(values):
-        try:
-            if one_by_one:
-                values[pos] = own(value)
-            else:
-                dumps(value)  # which of them cannot be pickled?
-        except Exception as error:
-            index = batch.indices[pos]
-            what = f"the return value of task {index} ({type(value).__qualname__})"
-            failure = SerializationError(what, f"{type(error).__name__}: {error}")
-            values[pos] = None
-            batch.failures[pos] = Failure.capture(failure)
-    return dumps(batch)
-
-
-def draw_entropy() -> int | None:
-    """One draw from the caller's NumPy global RNG, exactly as sciris makes it for its process
-    parallelizers, from which every task's seed is derived; None when the caller has not
-    imported NumPy (then nothing is drawn and nothing is reseeded)."""
-    np = sys.modules.get("numpy")
-    if np is None:
-        return None
-    return int(np.random.randint(2**63, dtype=np.int64))
-
-
-def binds_random_early(func: Any) -> bool:
-    """Whether ``func``'s module (or ``__main__``) holds a function of NumPy's or Python's
-    global RNG under a name of its own (``from numpy.random import rand``): calls through it
-    bypass the lazy seeding hooks, so such a run seeds before every task instead."""
-    import inspect
-
-    targets = {id(real) for _, _, real in _rng_functions()}
-    spaces = [vars(sys.modules["__main__"])] if "__main__" in sys.modules else []
-    try:
-        spaces.append(inspect.unwrap(func).__globals__)
-    except AttributeError:
-        module = sys.modules.get(getattr(func, "__module__", None) or "")
-        if module is not None:
-            spaces.append(vars(module))
-    return any(id(value) in targets for space in spaces for value in list(space.values()))
-
-
-def _rng_functions() -> list[tuple[Any, str, Any]]:
-    """(module, name, function) for each module-level function of NumPy's global RandomState
-    and of Python's ``random`` module: what draws from the generators a task inherits.
-
-    Found once per process and generator (0.3 ms: a forked worker's first task would wait
-    for it), and first in the parent, whose forked workers inherit the list.
-    """
-    import random
-
-    np = sys.modules.get("numpy")
-    legacy = None if np is None else np.random.mtrand._rand
-    key = (id(random._inst), id(legacy))
-    if _RNG_FUNCTIONS and _RNG_FUNCTIONS[0] == key:
-        return _RNG_FUNCTIONS[1]
-    found = [(random, name, value) for name, value in vars(random).items()
-             if getattr(value, "__self__", None) is random._inst]
-    if np is not None:
-        for module in (np.random, np.random.mtrand):
-            found += [(module, name, value) for name, value in vars(module).items()
-                      if getattr(value, "__self__", None) is legacy]
-    _RNG_FUNCTIONS[:] = [key, found]
-    return found
-
-
-_RNG_FUNCTIONS: list[Any] = []
-
-
-_MASK = 0xFFFFFFFF
-_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
-
-
-def _hashmix(value: int, const: list[int]) -> int:
-    value ^= const[0]
-    const[0] = (const[0] * _MULT_A) & _MASK
-    value = (value * const[0]) & _MASK
-    return value ^ (value >> 16)
-
-
-def _mix(x: int, y: int) -> int:
-    result = (_MIX_L * x - _MIX_R * y) & _MASK
-    return result ^ (result >> 16)
-
-
-class TaskSeeder:
-    """Gives every task the seed sciris gives it, paying only in the tasks that draw.
-
-    sciris 3.4+ seeds NumPy's global RNG before each task of a process parallelizer with
-    ``SeedSequence(entropy).spawn(njobs)[index].generate_state(1)[0]``. Seeding costs about
-    7 us (NumPy's and Python's generators), more than a tiny task takes, so it happens at a
-    task's first draw instead: the module-level functions of both generators (``np.random.rand``,
-    ``random.random``, ...) are replaced by hooks that seed both generators for the running
-    task, put the real functions back and make the call. A task that never draws costs nothing;
-    the next task re-arms the hooks if they fired. Python's ``random`` gets the same seed
-    (sciris leaves it to the operating system's entropy).
-
-    The seed of task ``index`` is computed from the entropy and the index with the arithmetic
-    of NumPy's ``SeedSequence`` for one spawn key word (1.5 us instead of 18 us).
-    """
-
-    _current: TaskSeeder | None = None
-
-    def __init__(self, entropy: int, eager: bool) -> None:
-        self.entropy = entropy
-        self.eager = eager
-        # The entropy's 63 bits as 32-bit words, padded to the pool size as SeedSequence pads
-        # them when a spawn key follows; the pool depends on the entropy alone, so it is mixed once.
-        words = [entropy & _MASK, (entropy >> 32) & _MASK, 0, 0]
-        const = [_INIT_A]
-        mixer = [_hashmix(word, const) for word in words]
-        for src in range(4):
-            for dst in range(4):
-                if src != dst:
-                    mixer[dst] = _mix(mixer[dst], _hashmix(mixer[src], const))
-        self._pool0, self._const = mixer[0], const[0]
-        self.index = 0
-        self.armed = False
-        self._hooks: list[tuple[Any, str, Any, Any]] = [] if eager else _hooks()
-
-    @classmethod
-    def for_run(cls, entropy: int | None, eager: bool) -> TaskSeeder | None:
-        """This process's seeder for a run drawn with ``entropy`` (made once, then reused by
-        each chunk), or None when the run reseeds nothing."""
-        if entropy is None:
-            return None
-        current = cls._current
-        if current is None or current.entropy != entropy or current.eager != eager:
-            if current is not None:
-                current.end()
-            if "numpy" not in sys.modules:
-                import numpy  # noqa: F401  (the caller had it: a task may draw from it)
-            current = cls._current = cls(entropy, eager)
-        return current
-
-    def seed_of(self, index: int) -> int:
-        """The seed sciris gives task ``index`` of a run drawn with this entropy.
-
-        Examples:
-            >>> import numpy as np
-            >>> spawned = np.random.SeedSequence(12345).spawn(3)[2]
-            >>> TaskSeeder(12345, eager=True).seed_of(2) == int(spawned.generate_state(1)[0])
-            True
-        """
-        if index > _MASK:
-            import numpy as np
-
-            sequence = np.random.SeedSequence(self.entropy, spawn_key=(index,))
-            return int(sequence.generate_state(1)[0])
-        # The spawn key is the last entropy word: SeedSequence mixes it into each pool word,
-        # and the first output word reads pool word 0 only.
-        value = (index ^ self._const) * ((self._const * _MULT_A) & _MASK) & _MASK
-        value ^= value >> 16
-        data = (_mix(self._pool0, value) ^ _INIT_B) * ((_INIT_B * _MULT_B) & _MASK) & _MASK
-        return data ^ (data >> 16)
-
-    def begin(self, index: int) -> None:
-        """Task ``index`` starts: seed now (eager), or arm the hooks for its first draw."""
-        self.index = index
-        if self.eager:
-            self.seed()
-        elif not self.armed:
-            for module, name, _, hook in self._hooks:
-                setattr(module, name, hook)
-            self.armed = True
-
-    def end(self) -> None:
-        """Put the real functions back (at a first draw, and after each chunk)."""
-        if self.armed:
-            for module, name, real, _ in self._hooks:
-                setattr(module, name, real)
-            self.armed = False
-
-    def seed(self) -> None:
-        """Seed NumPy's and Python's global generators for the running task."""
-        import random
-
-        seed = self.seed_of(self.index)
-        np = sys.modules.get("numpy")
-        if np is not None:
-            np.random.seed(seed)
-        random.seed(seed)
-
-
-
-def _hooks() -> list[tuple[Any, str, Any, Any]]:
-    """(module, name, real function, hook) for each function of :func:`_rng_functions`; made
-    once per process, like that list, and in the parent first, so that forked workers inherit
-    them instead of spending their first task's time on 100 closures."""
-    functions = _rng_functions()
-    if _HOOKS and _HOOKS[0] is functions:
-        return _HOOKS[1]
-    made = [(module, name, real, _hook(real)) for module, name, real in functions]
-    _HOOKS[:] = [functions, made]
-    return made
-
-
-_HOOKS: list[Any] = []
-
-
-def _hook(real: Any) -> Any:
-    def first_draw(*args: Any, **kwargs: Any) -> Any:
-        seeder = TaskSeeder._current
-        if seeder is not None:
-            seeder.end()
-            seeder.seed()
-        return real(*args, **kwargs)
-
-    first_draw.__name__ = getattr(real, "__name__", "first_draw")
-    first_draw.__doc__ = getattr(real, "__doc__", None)
-    return first_draw
-
-
-def prepare_seeding() -> None:
-    """In the parent, before workers fork: find the random functions and make their hooks."""
-    _hooks()
-
-
-RELEASE = b"parallel_jobs.release"
-"""Told to a worker whose run has ended but which the parent keeps for its next run: drop the
-payload (and with it any shared-memory mapping), then wait for the next one."""
-
-
-WORLD = b"parallel_jobs.world:"
-"""Prefixes the message that precedes each run's payload to a spawned or forkserver worker: the
-pickled working directory, environment variables and ``sys.path`` of the parent at the start of
-that run, which the worker takes on before it unpickles anything (see :func:`take_world`)."""
-
-
 def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = None) -> None:
-    """Serve chunks from ``conn`` until it sends None or closes.
+    """Serve chunks from ``conn`` until it sends :data:`EXIT` or closes.
 
     ``payload`` is the Payload itself when the worker was forked (inherited, never pickled);
     otherwise it is None and each run starts with a :data:`WORLD` message, then the bytes
-    :meth:`~parallel_jobs._shm.SharedArrays.dumps` made of the payload. Such a worker may then
-    be kept between runs: :data:`RELEASE` ends a run, and the next messages start the next run.
-    ``lifeline`` is the read end of a pipe that only the parent process writes to (see
+    :meth:`~parallel_jobs.protocol.shm.SharedArrays.dumps` made of the payload. Such a worker
+    may then be kept between runs: :data:`RELEASE` ends a run, and the next messages start the
+    next run. ``lifeline`` is the read end of a pipe that only the parent process writes to (see
     :func:`_die_with_parent`).
     """
     # A process group of its own: a terminal's Ctrl-C reaches the parent alone, which decides,
@@ -602,7 +395,7 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = N
     _die_with_parent(lifeline)
     if payload is None or payload.blob is not None:
         # Tasks will unpickle the shared arguments each: map their arrays without reopening.
-        from ._shm import keep_segments_open
+        from .protocol.shm import keep_segments_open  # for import cost: it imports dill
 
         keep_segments_open()
     inherited = payload is not None
@@ -613,7 +406,7 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = N
         # of a batch: dying instead would only leave the reason on this process's stderr.
         refusal: SerializationError | None = None
         if not inherited:
-            from ._shm import loads_payload
+            from .protocol.shm import loads_payload  # for import cost: it imports dill
 
             try:
                 blob = conn.recv_bytes()
@@ -622,37 +415,19 @@ def worker_main(conn: Any, payload: Payload | None, slot: Any, lifeline: Any = N
                     blob = conn.recv_bytes()
             except (EOFError, OSError):
                 return
-            if blob == pickle.dumps(None):
+            if blob == EXIT:
                 return
             try:
                 payload = loads_payload(blob)
             except Exception as exc:
-                refusal = _unpickling_error("the function or the shared arguments", exc)
+                refusal = unpickling_error("the function or the shared arguments", exc)
         if not _serve(conn, payload, slot, refusal) or inherited:
             return
         payload = None
         gc.collect()  # unmap the released run's shared arrays now, not at some later collection
-        from ._shm import forget_segments
+        from .protocol.shm import forget_segments  # for import cost: it imports dill
 
         forget_segments()
-
-
-def world() -> bytes:
-    """The :data:`WORLD` message for a run starting now in this process."""
-    return WORLD + pickle.dumps((os.getcwd(), dict(os.environ), list(sys.path)))
-
-
-def take_world(message: bytes) -> None:
-    """Take on the working directory, environment and ``sys.path`` that ``message`` carries, so
-    that a worker kept from an earlier run sees what a freshly started one would."""
-    cwd, environ, path = pickle.loads(message[len(WORLD):])
-    if os.getcwd() != cwd:
-        os.chdir(cwd)
-    if dict(os.environ) != environ:
-        os.environ.clear()
-        os.environ.update(environ)
-    if sys.path != path:
-        sys.path[:] = path
 
 
 def _after_fork() -> None:
@@ -665,6 +440,9 @@ def _after_fork() -> None:
     """
     library = sys.modules.get("multiprocess.util")
     if library is not None:
+        # Private, but the only way to run them: tests/test_fork_library.py::
+        # test_a_multiprocess_manager_dict_among_the_shared_arguments_works_in_forked_workers
+        # fails without it.
         library._run_after_forkers()
 
 
@@ -682,13 +460,13 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
             return False
         if message == RELEASE:
             return True
+        if message == EXIT:
+            return False
         try:
             chunk = pickle.loads(message)
         except Exception as exc:
-            reply = dumps(_unpickling_error("the arguments of the tasks sent", exc))
+            reply = dumps(unpickling_error("the arguments of the tasks sent", exc))
         else:
-            if chunk is None:
-                return False
             if refusal is not None:
                 reply = dumps(refusal)
             else:
@@ -705,12 +483,8 @@ def _serve(conn: Any, payload: Payload | None, slot: Any,
 
 
 def _health_start(payload: Payload, slot: Any) -> tuple[Callable[..., Batch], Exception | None]:
-    """Set this worker up for the run (see ``health``): how to run its chunks, and the error
+    """Set this worker up for the run (see ``worker_health``): how to run its chunks, and the error
     to answer them with if its initializer failed."""
-    import functools
-
-    from .health import run_keeping_logs, run_recycled, start_worker
-
     failed = start_worker(payload, slot)
     options = payload.worker
     run: Callable[..., Batch] = run_chunk
@@ -764,24 +538,3 @@ def manager_main(lifeline: Any) -> None:
     as a worker does, and keeps out of the terminal's process group for the same reason."""
     os.setpgid(0, 0)
     _die_with_parent(lifeline)
-
-
-def _find_prctl() -> Any:
-    """libc's ``prctl``, looked up once in the parent so that forked workers start faster; None
-    off Linux or where libc has none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _find_prctl()
-
-
-def _unpickling_error(what: str, exc: Exception | str) -> SerializationError:
-    if isinstance(exc, Exception):
-        exc = f"{type(exc).__name__}: {exc}"
-    return SerializationError(what, f"pickled, but unpickling in the worker failed: {exc}")
-

@@ -592,7 +592,7 @@ _LEAKED: list[bytes] = []
 def leak(x: int, size: int) -> tuple[int, int]:
     """Keep ``size`` more bytes alive in this process for good (a leak), touched so they are
     resident; return the pid and the process's RSS after it."""
-    from parallel_jobs.health import current_rss
+    from parallel_jobs.worker_health import current_rss
 
     _LEAKED.append(b"\1" * size)
     return os.getpid(), current_rss()

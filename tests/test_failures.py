@@ -228,12 +228,22 @@ def test_the_values_shown_are_shortened(tmp_path: Any) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("keep_records", [True, False])
-@pytest.mark.parametrize("parallelizer", [None, "multiprocessing", "fast"])
+@pytest.mark.parametrize("parallelizer", [None, "multiprocessing", "fast", "pool.map"])
 def test_exceptions_carry_the_workers_traceback_with_die_false(
         parallelizer: str | None, keep_records: bool) -> None:
-    P = Parallel(jobs.fail_on, [1, 3, 5], ncpus=2, die=False, keep_records=keep_records,
-                 parallelizer=parallelizer)
-    run_tolerant(P)
+    # Every process backend but dask's (tests/test_dask.py pins that one): the own pools,
+    # concurrent.futures, and a map-like callable whose workers are processes.
+    if parallelizer == "pool.map":
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(2) as pool:
+            P = Parallel(jobs.fail_on, [1, 3, 5], die=False, keep_records=keep_records,
+                         parallelizer=pool.map)
+            run_tolerant(P)
+    else:
+        P = Parallel(jobs.fail_on, [1, 3, 5], ncpus=2, die=False, keep_records=keep_records,
+                     parallelizer=parallelizer)
+        run_tolerant(P)
     error = P.exceptions[1]
     assert type(error) is ValueError
     check_remote_cause(error, 1, "fail_on")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from parallel_jobs import Parallel, parallelize
-from parallel_jobs._shm import MIN_SHARED_BYTES
+from parallel_jobs.protocol.shm import MIN_SHARED_BYTES
 from tests import fidelity_jobs as fj
 from tests import jobs
 

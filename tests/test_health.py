@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 
 import parallel_jobs as pj
-from parallel_jobs.health import current_rss, parse_bytes
+from parallel_jobs.engine.health import parse_bytes
+from parallel_jobs.worker_health import current_rss
 from tests import jobs
 
 MB = 1_000_000

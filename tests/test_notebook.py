@@ -146,7 +146,8 @@ def test_kept_worker_sees_the_cells_run_since() -> None:
 
 PICKLING = """
 import json, pickle, sys
-from parallel_jobs.records import Chunk, dumps, dumps_for_spawned
+from parallel_jobs.protocol.pickling import dumps, dumps_for_spawned
+from parallel_jobs.records import Chunk
 
 class Rect:
     def __init__(self, w):
@@ -160,7 +161,7 @@ plain = pickle.dumps(big, protocol=pickle.HIGHEST_PROTOCOL)
 by_name = pickle.dumps(Rect(1), protocol=pickle.HIGHEST_PROTOCOL)
 fork_side = [dumps(big) == plain, dumps(Rect(1)) == by_name, "dill" in sys.modules]
 
-from parallel_jobs._main_pickling import SpawnPickler
+from parallel_jobs.protocol.dilled import SpawnPickler
 calls = []
 override = SpawnPickler.reducer_override
 def counting(self, obj):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from parallel_jobs import Parallel, Task, TaskResult, WorkerCrashedError
-from parallel_jobs.records import Failure
+from parallel_jobs.protocol.pickling import Failure
+from parallel_jobs.records import GLOBALDICT, SHARED_ON_PURPOSE, Chunk, Payload, task_call
+from parallel_jobs.worker import run_chunk
 from tests import jobs
 
 
@@ -157,3 +159,36 @@ def test_an_error_never_raised_has_no_traceback_to_repeat_its_message() -> None:
     failure = Failure.capture(WorkerCrashedError(3, -9))
     assert failure.traceback == ""
     assert failure.message.startswith("the worker process running task 3 was killed")
+
+
+# -- the call built from a task (issue 12) -----------------------------------------------------
+
+
+def _call_parts(*args: object, **kwargs: object) -> tuple[tuple[object, ...], dict[str, object]]:
+    return args, kwargs
+
+
+@pytest.mark.parametrize(("payload", "chunk"), [
+    (Payload(_call_parts), Chunk(range(3), itervals=[1, (2, "b"), [3]])),
+    (Payload(_call_parts, args=(9,), kwargs={"k": 1}), Chunk(range(2), itervals=[(1,), 2])),
+    (Payload(_call_parts, kwargs={"k": 1, "m": 2}),
+     Chunk(range(2), iterkwargs=[{"k": 5}, {"n": 6}])),
+    (Payload(_call_parts, args=(9,), kwargs={"k": 1}),
+     Chunk(range(2), itervals=[1, (2, 3)], iterkwargs=[{"k": 5}, {}])),
+], ids=["own values", "shared args", "own kwargs win", "both"])
+def test_the_worker_calls_each_task_as_task_call_builds_it(payload: Payload,
+                                                          chunk: Chunk) -> None:
+    # The worker's loop inlines task_call (a call per task would slow tiny tasks): they must
+    # agree, for the callbacks that show a task's arguments show what the function received.
+    batch = run_chunk(payload, chunk)
+    assert not batch.failures
+    assert batch.values == [task_call(payload, task) for task in chunk.tasks()]
+
+
+def test_what_tasks_share_on_purpose_is_no_input() -> None:
+    shared: dict[str, int] = {}
+    payload = Payload(_call_parts, kwargs={"k": 1}).sharing(shared)
+    assert payload.globaldict is shared
+    assert payload.inputs == {"k": 1}
+    assert payload.on_purpose == {GLOBALDICT: shared}
+    assert set(payload.on_purpose) <= SHARED_ON_PURPOSE

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parallel_jobs import Parallel, WorkerCrashedError, parallelize
-from parallel_jobs._shm import MIN_SHARED_BYTES, SharedArrays, loads_payload, shm_available
+from parallel_jobs.protocol.shm import MIN_SHARED_BYTES, SharedArrays, loads_payload, shm_available
 from tests import jobs
 from tests.conftest import run_script
 

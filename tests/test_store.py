@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from parallel_jobs.engine.store import FAILED, SUCCEEDED, ResultStore
-from parallel_jobs.records import Batch, Failure
+from parallel_jobs.protocol.pickling import Failure
+from parallel_jobs.records import Batch
 
 
 def clean_batch(lo: int, hi: int, pid: int) -> Batch:

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, exception_text
-from ..records import Batch, Chunk, Failure, Payload
+from ..records import SHARED_ON_PURPOSE, Batch, Chunk, Payload
 from ..worker import run_chunk
 from .deadlines import Deadlines
 
@@ -80,7 +80,7 @@ class Backend(abc.ABC):
     chunk_target: float = 0.02
     chunk_floor: float = 0.002
     #: Whether tasks run in processes of their own, whose random generators sciris reseeds for
-    #: each task (the Runner then draws the run's entropy; see ``worker.TaskSeeder``).
+    #: each task (the Runner then draws the run's entropy; see ``seeding.TaskSeeder``).
     reseeds: bool = False
     #: Whether :meth:`stop_tasks` reaches into chunks already sent; if not, a run that a
     #: callback may stop sends one task at a time, so that none starts after the stop.
@@ -198,23 +198,21 @@ def kill_group(pid: int) -> None:
 
 def chunk_failed(chunk: Chunk, error_for: dict[int, BaseException], pid: int) -> Batch:
     """A batch in which every task of ``chunk`` failed with ``error_for[index]``."""
-    batch = Batch.empty(chunk.indices, pid)
-    for pos, index in enumerate(chunk.indices):
-        batch.failures[pos] = Failure.capture(error_for[index])
-    return batch
+    return Batch.failed(chunk.indices, error_for, pid)
 
 
 def copied(payload: Payload, chunk: Chunk) -> tuple[Payload, Chunk]:
     """Deep copies of the arguments in ``payload`` and ``chunk``, for the '-copy' parallelizers.
 
-    ``globaldict`` is shared on purpose and never copied.
+    What tasks share on purpose (``globaldict``, see ``records.SHARED_ON_PURPOSE``) is never
+    copied.
 
     Raises:
         SerializationError: naming the argument that cannot be copied (its ``reason`` is what
             ``copy.deepcopy`` raised), so that the Runner fails the chunk's tasks with it.
     """
     kwargs = {
-        key: value if key == "globaldict" else _copy(value, f"keyword argument {key!r}")
+        key: value if key in SHARED_ON_PURPOSE else _copy(value, f"keyword argument {key!r}")
         for key, value in payload.kwargs.items()
     }
     args = tuple(_copy(value, f"args[{pos}]") for pos, value in enumerate(payload.args))

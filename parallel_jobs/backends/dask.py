@@ -53,11 +53,11 @@ from typing import Any
 import attrs
 
 from ..errors import SerializationError, WorkerCrashedError
+from ..protocol.messages import decode_batch, encode_batch, encode_chunk, pack_per_task
 from ..records import Batch, Chunk, Payload
-from ..worker import encode_batch, run_chunk
+from ..worker import run_chunk
 from .base import Backend, BackendOptions, chunk_failed, logger, run_copied
 from .deadlines import Running
-from .wire import decode_batch, encode_chunk, pack_per_task
 
 __all__ = ["INSTALL_HINT", "DaskBackend", "import_distributed"]
 
@@ -204,7 +204,7 @@ class DaskBackend(Backend):
         name = getattr(payload.func, "__name__", "task")
         # The dashboard groups tasks by the key's leading words: show the function's name.
         self.prefix = f"parallel_jobs-{name}-{uuid.uuid4().hex}"
-        from .._shm import SharedArrays
+        from ..protocol.shm import SharedArrays
 
         # Each task gets its own copy of what tasks share, pickled once here. Its seed is set
         # before it starts: a dask worker may run several tasks at once, in threads, which

@@ -24,8 +24,9 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from ..errors import TaskTimeoutError
-from ..records import Batch, Chunk, Failure
-from ..worker import IDLE, INDEX, STARTED
+from ..protocol.messages import IDLE, INDEX, STARTED
+from ..protocol.pickling import Failure
+from ..records import Batch, Chunk
 
 __all__ = ["Deadlines", "Overrun", "Running", "running_task"]
 

@@ -25,12 +25,20 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import InitializerError, WorkerCrashedError
-from ..health import prepare_threads, start_worker
+from ..protocol.messages import (
+    IDLE,
+    chunk_pickler,
+    decode_batch,
+    encode_batch,
+    encode_chunk,
+    pack_payload,
+    pack_per_task,
+)
 from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, encode_batch, run_chunk
+from ..worker import run_chunk
+from ..worker_health import prepare_threads, start_worker
 from .base import Backend, BackendOptions, chunk_failed, kill_tree, logger
 from .deadlines import Running, running_task
-from .wire import chunk_pickler, decode_batch, encode_chunk, pack_payload, pack_per_task
 
 __all__ = ["FuturesBackend"]
 
@@ -43,7 +51,7 @@ _SET_UP_FAILED: InitializerError | None = None
 
 def _initialize(blob: bytes, slots: list[Any] | None, claimed: Any) -> None:
     global _PAYLOAD, _SLOT, _SET_UP_FAILED
-    from .._shm import keep_segments_open, loads_payload
+    from ..protocol.shm import keep_segments_open, loads_payload
 
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens
     # (as in the default pool's workers). Otherwise a task would record the caller's
@@ -88,7 +96,7 @@ class FuturesBackend(Backend):
         self.waker: cf.Future[bytes] = cf.Future()  # completed by wake()
 
     def start(self, payload: Payload) -> None:
-        from .._shm import SharedArrays
+        from ..protocol.shm import SharedArrays
 
         self.shared = SharedArrays()
         self.blob = pack_payload(pack_per_task(payload, self.shared), self.shared)

@@ -3,8 +3,8 @@
 A spawned worker is a new interpreter that must import Python's and the caller's modules (0.2 s
 on a small machine) before its first task; a forked one is ready in a millisecond. So spawned and
 forkserver workers whose run ended cleanly are kept, idle and holding nothing of that run (see
-:data:`~parallel_jobs.worker.RELEASE`), for the next run of the same library and start method in
-this process (:func:`take`, :func:`keep`). They are stopped at interpreter exit, by
+:data:`~parallel_jobs.protocol.messages.RELEASE`), for the next run of the same library and
+start method in this process (:func:`take`, :func:`keep`). They are stopped at interpreter exit, by
 :func:`release_workers`, and by the kernel when this process ends (Linux: see :func:`lifeline`).
 
 A kept worker has imported the caller's modules as they were: once any module is reloaded
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import pickle
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,8 +31,8 @@ from typing import Any
 import attrs
 
 from .._cpus import cpu_count
+from ..protocol.messages import EXIT, RELEASE
 from ..records import Chunk
-from ..worker import RELEASE
 from .base import kill_tree, logger
 
 __all__ = [
@@ -64,15 +63,11 @@ class Worker:
     chunk: Chunk | None = None
 
 
-_EXIT = pickle.dumps(None)
-"""What a worker reads as "exit now"."""
-
-
 def tell_to_exit(workers: Sequence[Worker]) -> None:
     """Tell idle ``workers`` to exit (without waiting for them)."""
     for worker in workers:
         try:
-            worker.conn.send_bytes(_EXIT)
+            worker.conn.send_bytes(EXIT)
         except OSError:
             pass
 

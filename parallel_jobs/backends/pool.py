@@ -38,22 +38,25 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+from ..engine.health import crash_error, replay_logs
 from ..errors import MemoryLimitError, WorkerCrashedError
-from ..health import WorkerOptions, crash_error, prepare_threads, replay_logs
-from ..records import Batch, Chunk, Payload
-from ..worker import STOP, manager_main, worker_main, world
-from . import kept
-from .base import Backend, BackendOptions, chunk_failed, kill_group, kill_tree, logger
-from .deadlines import Running, running_task
-from .kept import Worker
-from .wire import (
+from ..protocol.messages import (
+    STOP,
     chunk_pickler,
     decode_batch,
     encode_chunk,
     needs_copies,
     pack_payload,
     pack_per_task,
+    world,
 )
+from ..records import Batch, Chunk, Payload, WorkerOptions
+from ..worker import manager_main, worker_main
+from ..worker_health import prepare_threads
+from . import kept
+from .base import Backend, BackendOptions, chunk_failed, kill_group, kill_tree, logger
+from .deadlines import Running, running_task
+from .kept import Worker
 
 __all__ = ["ProcessPoolBackend", "daemonic", "default_start_method"]
 
@@ -125,7 +128,7 @@ def _preload_forkserver(module: Any) -> None:
 
 INHERIT_MOST_TASKS = 200
 """Forked workers inherit the large arrays of a run of up to this many tasks per worker (see
-``_shm``); longer runs copy them to shared memory once."""
+``protocol.shm``); longer runs copy them to shared memory once."""
 
 
 class ProcessPoolBackend(Backend):
@@ -168,7 +171,7 @@ class ProcessPoolBackend(Backend):
             # work while the next fork takes its millisecond. It inherits the packed payload
             # (packed only if a task could change it: a plain run never imports dill).
             if needs_copies(payload):
-                from .._shm import SharedArrays
+                from ..protocol.shm import SharedArrays
 
                 # Large arrays stay where they are, inherited, unless a run of many tasks
                 # makes checking them after each task cost more than one copy to shared memory
@@ -191,7 +194,7 @@ class ProcessPoolBackend(Backend):
                 self._spawn(number)
         # Packed only now, while the workers boot: under spawn their imports take as long as
         # copying hundreds of megabytes into shared memory.
-        from .._shm import SharedArrays
+        from ..protocol.shm import SharedArrays
 
         self.shared = SharedArrays()
         self.payload = pack_payload(pack_per_task(payload, self.shared), self.shared)
@@ -234,7 +237,7 @@ class ProcessPoolBackend(Backend):
         """Four doubles shared with a worker: the task it runs and since when, which it
         writes, whether to start no further task, which this process writes (see
         :func:`~parallel_jobs.worker.run_chunk`), and the memory that broke
-        ``task_memory_limit`` (see :mod:`~parallel_jobs.health`)."""
+        ``task_memory_limit`` (see :mod:`~parallel_jobs.worker_health`)."""
         if self.forked:
             # A shared anonymous mapping, which a forked worker inherits. A RawArray would cost a
             # worker's start a file in /dev/shm and an arena of multiprocessing's heap.

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import CallerInterrupt
-from ..health import start_in_thread
 from ..records import Batch, Chunk, Payload
 from ..worker import run_chunk
+from ..worker_health import start_in_thread
 from .base import Backend, BackendOptions, run_copied
 
 __all__ = ["SerialBackend"]

@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..health import start_in_thread
+from ..protocol.messages import IDLE, INDEX, STARTED, STOP
 from ..records import Batch, Chunk, Payload
-from ..worker import IDLE, INDEX, STARTED, STOP, run_chunk
+from ..worker import run_chunk
+from ..worker_health import start_in_thread
 from .base import Backend, BackendOptions, run_copied
 from .deadlines import Running, running_task
 

@@ -51,15 +51,8 @@ from typing import Any
 import attrs
 
 from ..errors import CheckpointError
-from ..records import (
-    Batch,
-    Chunk,
-    Payload,
-    TaskResult,
-    _dumps_exception,
-    _rebuild_failure,
-    dumps,
-)
+from ..protocol.pickling import dumps, dumps_exception, rebuild_failure
+from ..records import Batch, Chunk, Payload, TaskResult
 
 __all__ = ["GATHER_SECONDS", "Checkpoint", "function_name", "read_checkpoint"]
 
@@ -173,7 +166,7 @@ def function_name(func: Callable[..., Any]) -> str:
 def _shared_digest(payload: Payload) -> bytes:
     """What every task of a run shares, digested: the function's name and the shared arguments
     (``globaldict``, shared on purpose and changed by tasks, is no input)."""
-    kwargs = sorted((k, v) for k, v in payload.kwargs.items() if k != "globaldict")
+    kwargs = sorted(payload.inputs.items())
     blob = dumps((function_name(payload.func), tuple(payload.args), kwargs))
     return hashlib.blake2b(blob, digest_size=16).digest()
 
@@ -495,7 +488,7 @@ class Checkpoint:
             if failure is None:
                 batch.values[pos] = values[at]
             else:
-                batch.failures[pos] = _rebuild_failure(*_failure_parts(failure))
+                batch.failures[pos] = rebuild_failure(*_failure_parts(failure))
         return batch
 
     # -- writing -----------------------------------------------------------------------------------
@@ -521,7 +514,7 @@ class Checkpoint:
         keys = _picker(keep)(keys)
         # Pickled now: the Runner adds notes and the remote traceback to what was raised next.
         failed = [(indices[pos], FAILED, failure.type_name, failure.message, failure.traceback,
-                   _dumps_exception(failure.exception)) for pos, failure in failures.items()
+                   dumps_exception(failure.exception)) for pos, failure in failures.items()
                   if keep is None or pos in keep]
         # A range is a first attempt: every count is 1. Counted now: a retry changes them.
         attempts = None if type(indices) is range else array(
@@ -839,7 +832,7 @@ def _task_results(stored: _Stored, failures: dict[tuple[int, int], tuple[Any, ..
         traceback = ""
         if failure is not None:
             if failure[0] == FAILED:
-                rebuilt = _rebuild_failure(*_failure_parts(failure))
+                rebuilt = rebuild_failure(*_failure_parts(failure))
                 error, traceback = rebuilt.exception, rebuilt.traceback
             else:
                 error = RuntimeError(failure[2])

@@ -38,9 +38,9 @@ from ..errors import (
     WorkerCrashedError,
     attach_remote_traceback,
 )
-from ..health import WorkerOptions
-from ..records import Batch, Chunk, Failure, Payload, Task, shorten, task_call
-from ..worker import binds_random_early, draw_entropy, prepare_seeding
+from ..protocol.pickling import Failure
+from ..records import Batch, Chunk, Payload, Task, WorkerOptions, shorten, task_call
+from ..seeding import binds_random_early, draw_entropy, prepare_seeding
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
 from .progress import NullReporter, make_reporter
 from .store import SUCCEEDED, OutcomeStore
@@ -266,7 +266,7 @@ class Runner:
         retries: how many more times a failed task is run.
         chunksize: a fixed chunk size, or None to size chunks automatically.
         callback: called in this process after each task with a dict describing it.
-        worker: what worker processes do to stay healthy (see ``health``), or None.
+        worker: what worker processes do to stay healthy (see ``worker_health``), or None.
         checkpoint: the file that finished tasks are written to and restored from, or None.
         source: where tasks come from (a lazy input's source for ``imap``); by default every
             task of ``plan``.
@@ -399,8 +399,7 @@ class Runner:
         try:
             if self.plan.globaldict is not None:
                 shared = self.backend.share_dict(self.plan.globaldict)
-                kwargs = {**self.payload.kwargs, "globaldict": shared}
-                self.payload = attrs.evolve(self.payload, kwargs=kwargs)
+                self.payload = self.payload.sharing(shared)
             if self.backend.reseeds:
                 # As sciris does for process parallelizers: one draw from the caller's NumPy
                 # RNG, from which each task's seed derives (seeded caller, same numbers).
@@ -456,7 +455,7 @@ class Runner:
                 release.callback(self.checkpoint.finish)
 
     def _copy_globaldict(self) -> None:
-        shared = self.payload.kwargs.get("globaldict")
+        shared = self.payload.globaldict
         if shared is not None:
             try:
                 self.globaldict = dict(shared)
@@ -604,7 +603,7 @@ class Runner:
             "njobs": self.plan.njobs,
             "args": args,
             "kwargs": kwargs,
-            "globaldict": self.payload.kwargs.get("globaldict"),
+            "globaldict": self.payload.globaldict,
             "outdict": {  # the keys of sciris' outdict
                 "result": store.values[index],
                 "success": store.state[index] == SUCCEEDED,

@@ -11,7 +11,8 @@ import time
 from array import array
 from typing import Any, Protocol
 
-from ..records import Batch, Failure, TaskResult, zeros
+from ..protocol.pickling import Failure
+from ..records import Batch, TaskResult, zeros
 
 __all__ = ["CANCELLED", "FAILED", "PENDING", "SUCCEEDED", "OutcomeStore", "ResultStore"]
 

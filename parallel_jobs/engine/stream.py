@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..records import Batch, Chunk, Failure, Payload, Task, TaskResult
+from ..protocol.pickling import Failure
+from ..records import Batch, Chunk, Payload, Task, TaskResult
 from .runner import MOST_PER_CHUNK, TaskSource
 from .store import FAILED, SUCCEEDED
 

@@ -10,7 +10,7 @@ instance that a worker returns is again an instance of the caller's own class.
 
 Under fork a worker inherits ``__main__``, and a script's ``__main__`` is imported by its spawned
 workers: the standard pickler serves both, and this module only improves dill's fallback for
-what it refuses. It imports dill; :mod:`.task` imports it only when needed.
+what it refuses. It imports dill; :mod:`.pickling` imports it only when a pickle needs it.
 """
 
 from __future__ import annotations
@@ -25,10 +25,25 @@ from typing import Any
 
 import dill
 
-from .records import _undill
+__all__ = ["Dilled", "MainPickler", "SharedMainCPickler", "SharedMainPickler", "SpawnPickler",
+           "dill_dumps", "main_is_importable", "tracked_class", "undill"]
 
-__all__ = ["MainPickler", "SharedMainCPickler", "SharedMainPickler", "SpawnPickler",
-           "dill_dumps", "main_is_importable", "tracked_class"]
+
+class Dilled:
+    """Bytes that dill made; unpickling this unpickles them with dill (imported then)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return undill, (self.blob,)
+
+
+def undill(blob: bytes) -> Any:
+    """Unpickle what dill pickled (see :class:`Dilled`)."""
+    return dill.loads(blob)
 
 
 def main_is_importable() -> bool:
@@ -95,7 +110,9 @@ class MainPickler(dill.Pickler):
     """dill, for a process whose ``__main__`` is not this one's: functions of a lost
     ``__main__`` carry the globals they use, and its classes are tracked."""
 
-    _recurse: bool  # dill's setting, read by dill when it saves a function
+    # dill's private setting, read when it saves a function: its only switch for one function
+    # at a time (tests/test_notebook.py::test_notebook_cells_run_in_workers fails without it).
+    _recurse: bool
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -155,7 +172,7 @@ class SpawnPickler(pickle.Pickler):
             blob = self.blobs.get(obj)
             if blob is None:
                 blob = self.blobs[obj] = dill_dumps(MainPickler, obj)
-            return _undill, (blob,)
+            return undill, (blob,)
         return NotImplemented
 
     @staticmethod

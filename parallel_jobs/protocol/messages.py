@@ -1,43 +1,103 @@
-"""What crosses a process boundary, for every backend whose workers are other processes.
+"""The messages between the parent and a worker process, for every backend whose workers are
+other processes.
 
-A chunk goes out pickled (the C pickler, dill for what it refuses); a batch, or the error that
-stands for one, comes back; the payload is packed once, with large arrays moved to shared
-memory. When something cannot be pickled, the error names what: the function, an argument, the
-arguments of task 7, the result of task 3.
+The parent sends a run's payload once (packed: :func:`pack_per_task`, :func:`pack_payload`),
+preceded for a worker it did not fork by the :data:`WORLD` it runs in (:func:`world`); then
+chunks (:func:`encode_chunk`); then :data:`RELEASE` to end a run while keeping the worker, or
+:data:`EXIT` to end the worker. The worker answers each chunk with a batch
+(:func:`encode_batch`), or with the error that stands for every task of it (it could not
+unpickle what it was sent, or its initializer failed); the parent reads either with
+:func:`decode_batch`. When something cannot be pickled, the error names what: the function, an
+argument, the arguments of task 7, the result of task 3.
+
+Both sides import this module; it imports no part of the parent side.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import attrs
 
 from ..errors import InitializerError, SerializationError
-from ..records import (
-    Batch,
-    Chunk,
+from ..records import Batch, Chunk, Payload
+from .pickling import (
     Failure,
     Own,
-    Payload,
     Unloadable,
     atomic_values,
     dumps,
     dumps_for_spawned,
     is_immutable,
+    own,
 )
-from .base import chunk_failed
 
 __all__ = [
+    "EXIT",
+    "IDLE",
+    "INDEX",
+    "MEMORY",
+    "RELEASE",
+    "STARTED",
+    "STOP",
+    "WORLD",
     "chunk_pickler",
     "decode_batch",
+    "encode_batch",
     "encode_chunk",
     "needs_copies",
     "pack_payload",
     "pack_per_task",
+    "take_world",
+    "unpickling_error",
+    "world",
 ]
+
+#: Where in a worker's slot (a small array shared with the parent, see ``worker.run_chunk``)
+#: each value lives: the running task, when it started (``IDLE`` between tasks), whether the
+#: parent asked to start no further task, and the RSS that broke ``task_memory_limit``
+#: (written by the worker's watchdog, see ``worker_health``).
+INDEX, STARTED, STOP, MEMORY = 0, 1, 2, 3
+
+IDLE = 0.0
+"""The value of a worker's ``slot[STARTED]`` while no task is running."""
+
+EXIT = pickle.dumps(None)
+"""Told to a worker to end: it exits once it has read this, in place of a payload or a chunk
+(the pickle of None, which no payload or chunk is: the worker compares the bytes before it
+unpickles anything)."""
+
+RELEASE = b"parallel_jobs.release"
+"""Told to a worker whose run has ended but which the parent keeps for its next run: drop the
+payload (and with it any shared-memory mapping), then wait for the next one."""
+
+WORLD = b"parallel_jobs.world:"
+"""Prefixes the message that precedes each run's payload to a spawned or forkserver worker: the
+pickled working directory, environment variables and ``sys.path`` of the parent at the start of
+that run, which the worker takes on before it unpickles anything (see :func:`take_world`)."""
+
+
+def world() -> bytes:
+    """The :data:`WORLD` message for a run starting now in this process."""
+    return WORLD + pickle.dumps((os.getcwd(), dict(os.environ), list(sys.path)))
+
+
+def take_world(message: bytes) -> None:
+    """Take on the working directory, environment and ``sys.path`` that ``message`` carries, so
+    that a worker kept from an earlier run sees what a freshly started one would."""
+    cwd, environ, path = pickle.loads(message[len(WORLD):])
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    if sys.path != path:
+        sys.path[:] = path
 
 
 def chunk_pickler(forked: bool) -> Callable[[Any], bytes]:
@@ -93,6 +153,35 @@ def _immutable_values(values: Any) -> bool:
     return atomic_values(items) or all(map(is_immutable, items))
 
 
+def encode_batch(batch: Batch) -> bytes:
+    """Pickle ``batch``; a return value that cannot be pickled fails its own task only.
+
+    Results that could be one object (anything but numbers and strings) are pickled one by
+    one, so that two tasks returning the same object give the caller two objects, as with
+    sciris' pickling per task, and a result the parent cannot unpickle fails only its task.
+    """
+    values = batch.values
+    one_by_one = len(values) > 1 and not atomic_values(values)
+    if not one_by_one:
+        try:
+            return dumps(batch)
+        except Exception:
+            pass
+    for pos, value in enumerate(values):
+        try:
+            if one_by_one:
+                values[pos] = own(value)
+            else:
+                dumps(value)  # which of them cannot be pickled?
+        except Exception as error:
+            index = batch.indices[pos]
+            what = f"the return value of task {index} ({type(value).__qualname__})"
+            failure = SerializationError(what, f"{type(error).__name__}: {error}")
+            values[pos] = None
+            batch.failures[pos] = Failure.capture(failure)
+    return dumps(batch)
+
+
 def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
     """Unpickle a worker's reply to ``chunk``: its batch, or a batch in which every task of the
     chunk failed with the reason (the reply could not be unpickled, or the worker could not
@@ -105,12 +194,12 @@ def decode_batch(data: bytes, chunk: Chunk, pid: int) -> Batch:
             i: SerializationError(f"the result of task {i}", f"could not be unpickled: {reason}")
             for i in chunk.indices
         }
-        return chunk_failed(chunk, errors, pid)
+        return Batch.failed(chunk.indices, errors, pid)
     if isinstance(batch, InitializerError):
         raise batch  # no task can run in that worker: the run stops, once
     if isinstance(batch, SerializationError):
         # The worker could not unpickle the chunk or the payload: none of its tasks ran.
-        return chunk_failed(chunk, dict.fromkeys(chunk.indices, batch), pid)
+        return Batch.failed(chunk.indices, dict.fromkeys(chunk.indices, batch), pid)
     assert isinstance(batch, Batch)
     for pos, value in enumerate(batch.values):
         if type(value) is Unloadable:
@@ -130,32 +219,27 @@ def pack_per_task(payload: Payload, shared: Any) -> Payload:
     copy-on-write by each task.
 
     Nothing is pickled when nothing shared could be changed (numbers, strings, plain
-    functions): the tasks then share the objects, which is the same. ``globaldict`` is shared on
-    purpose and stays out of the copies.
+    functions): the tasks then share the objects, which is the same. What tasks share on
+    purpose (``globaldict``, see :data:`~parallel_jobs.records.SHARED_ON_PURPOSE`) stays out of
+    the copies.
 
     Raises:
         SerializationError: naming the part that cannot be pickled.
     """
     if not needs_copies(payload):
         return payload
-    kwargs = dict(payload.kwargs)
-    on_purpose = {key: kwargs.pop(key) for key in _SHARED_ON_PURPOSE if key in kwargs}
     func = None if is_immutable(payload.func) else payload.func
     try:
-        blob = shared.dumps((func, tuple(payload.args), kwargs))
+        blob = shared.dumps((func, tuple(payload.args), payload.inputs))
     except Exception as exc:
         _name_the_culprit(payload, shared, exc)
-    return attrs.evolve(payload, args=(), kwargs=on_purpose, blob=blob)
-
-
-_SHARED_ON_PURPOSE = ("globaldict",)
+    return attrs.evolve(payload, args=(), kwargs=payload.on_purpose, blob=blob)
 
 
 def needs_copies(payload: Payload) -> bool:
     """Whether a task could change what tasks share, so that each needs its own copy."""
-    shared = [value for key, value in payload.kwargs.items() if key not in _SHARED_ON_PURPOSE]
     return not (is_immutable(payload.func) and is_immutable(tuple(payload.args))
-                and is_immutable(tuple(shared)))
+                and is_immutable(tuple(payload.inputs.values())))
 
 
 def pack_payload(payload: Payload, shared: Any) -> bytes:
@@ -184,3 +268,11 @@ def _name_the_culprit(payload: Payload, shared: Any, failure: Exception) -> NoRe
         finally:
             shared.close()
     raise SerializationError("the shared arguments", str(failure)) from failure
+
+
+def unpickling_error(what: str, exc: Exception | str) -> SerializationError:
+    """The error that stands for ``what``, which the worker could not unpickle."""
+    if isinstance(exc, Exception):
+        exc = f"{type(exc).__name__}: {exc}"
+    return SerializationError(what, f"pickled, but unpickling in the worker failed: {exc}")
+

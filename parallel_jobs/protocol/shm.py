@@ -1,6 +1,6 @@
 """Large NumPy arrays that all tasks share travel through shared memory, once.
 
-When a process backend packs what its tasks share (``backends.wire.pack_per_task``), every
+When a process backend packs what its tasks share (:func:`.messages.pack_per_task`), every
 NumPy array of at least ``MIN_SHARED_BYTES`` inside it is copied once into an anonymous
 shared-memory file (``memfd_create``); the pickle carries only the way to open it
 (``/proc/<parent>/fd/<n>``), its shape and its dtype. Each task that unpickles it gets a
@@ -17,6 +17,7 @@ pickled like any other object (and each task unpickles its own copy).
 
 from __future__ import annotations
 
+import ctypes
 import io
 import mmap
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 import dill
 
-from ._main_pickling import MainPickler
+from .dilled import MainPickler
 
 __all__ = [
     "MIN_SHARED_BYTES",
@@ -55,10 +56,21 @@ def shm_available() -> bool:
 _PR_GET_DUMPABLE = 3
 
 
-def _dumpable() -> bool:
-    from .worker import _prctl
+def _find_prctl() -> Any:
+    """libc's ``prctl``, or None off Linux or where libc has none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
 
-    return _prctl is None or _prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
+
+_PRCTL = _find_prctl()
+
+
+def _dumpable() -> bool:
+    return _PRCTL is None or _PRCTL(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1
 
 
 class _SharingPickler(MainPickler):

@@ -1,8 +1,10 @@
-"""Keeping workers healthy over long runs: set-up, recycling, memory and thread limits, logs.
+"""Keeping a worker healthy over a long run: set-up, recycling, memory and thread limits, logs.
 
-The options live in one frozen :class:`WorkerOptions` record that travels with the run's
-:class:`~parallel_jobs.records.Payload` (inherited under fork, pickled with it under spawn).
-What happens in a worker:
+This is the worker's side of the health options, which travel in one frozen
+:class:`~parallel_jobs.records.WorkerOptions` with the run's
+:class:`~parallel_jobs.records.Payload` (inherited under fork, pickled with it under spawn);
+the parent's side (checking the options, explaining a crash, replaying logs) is
+:mod:`parallel_jobs.engine.health`. What happens in a worker:
 
 - :func:`start_worker` runs once per run a worker serves, before its first task: it limits the
   BLAS/OpenMP thread pools, takes over the root logger, starts the memory watchdog of
@@ -15,9 +17,10 @@ What happens in a worker:
 - The watchdog of ``task_memory_limit`` is a thread that reads ``/proc/self/statm`` every
   :data:`WATCH_PERIOD` seconds while a task runs; past the limit it writes the RSS into the
   worker's shared slot and kills its own process, and the parent turns the crash into a
-  :class:`~parallel_jobs.errors.MemoryLimitError` (:func:`crash_error`).
+  :class:`~parallel_jobs.errors.MemoryLimitError` (``engine.health.crash_error``).
 - In the default pool, the records that tasks log go back with their batch
-  (:func:`run_keeping_logs`) and the caller's handlers handle them (:func:`replay_logs`).
+  (:func:`run_keeping_logs`) and the caller's handlers handle them
+  (``engine.health.replay_logs``).
 
 Watching and recycling cost nothing unless their option is on; thread limits and log records
 cost each worker a few microseconds per run, and each chunk one function call. This module is
@@ -26,9 +29,9 @@ loaded by workers: it imports nothing from the parent side.
 
 from __future__ import annotations
 
+import ctypes  # imported here, in the parent, so that forked workers start without the cost
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -38,32 +41,23 @@ from typing import Any
 
 import attrs
 
-from .errors import InitializerError, MemoryLimitError, WorkerCrashedError, exception_text
-from .records import Batch, Chunk, Payload
+from .errors import InitializerError, exception_text
+from .protocol.messages import IDLE, INDEX, MEMORY, STARTED
+from .records import Batch, Chunk, Payload, WorkerOptions
 
 __all__ = [
-    "MEMORY",
     "THREAD_VARIABLES",
     "WATCH_PERIOD",
-    "WorkerOptions",
-    "crash_error",
     "current_rss",
     "format_bytes",
     "limit_threads",
-    "parse_bytes",
     "prepare_threads",
-    "replay_logs",
     "run_keeping_logs",
     "run_recycled",
     "start_in_thread",
     "start_worker",
-    "worker_options",
     "worker_state",
 ]
-
-#: Where in a worker's shared slot the watchdog writes the RSS that broke ``task_memory_limit``
-#: (after the task index, its start time and the parent's stop request; see ``worker.INDEX``).
-MEMORY = 3
 
 #: Seconds between two readings of the watchdog of ``task_memory_limit``.
 WATCH_PERIOD = 0.01
@@ -81,35 +75,6 @@ THREAD_VARIABLES = (
 
 #: Modules whose loading means a BLAS or OpenMP library may already run threads in a worker.
 _THREADED_MODULES = ("numpy", "scipy", "torch", "sklearn", "numexpr")
-
-
-@attrs.frozen(slots=True)
-class WorkerOptions:
-    """What a worker process does to stay healthy (every field off by default).
-
-    Attributes:
-        initializer: called once in each worker, with ``initargs``, before its first task.
-        initargs: the positional arguments of ``initializer``.
-        max_tasks: tasks a worker runs before it is replaced, or None.
-        max_memory: bytes of RSS past which a worker is replaced after its task, or None.
-        task_memory_limit: bytes of RSS past which the running task is killed, or None.
-        threads: threads each BLAS/OpenMP library may use in a worker, or None to leave them.
-        log_level: the level of the caller's root logger, when the records that tasks log
-            are sent back to the caller's handlers (see :class:`_LogKeeper`), else None.
-    """
-
-    initializer: Callable[..., Any] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks: int | None = None
-    max_memory: int | None = None
-    task_memory_limit: int | None = None
-    threads: int | None = None
-    log_level: int | None = None
-
-    @property
-    def recycles(self) -> bool:
-        """Whether a worker may have to be replaced between two tasks."""
-        return self.max_tasks is not None or self.max_memory is not None
 
 
 _local = threading.local()
@@ -203,8 +168,6 @@ def _lower_idle_openblas(library: Any, count: int) -> bool:
     short run. With the server down, OpenBLAS reads the count when a call needs threads, so
     writing the count is all it takes.
     """
-    import ctypes
-
     if getattr(library, "internal_api", None) != "openblas":
         return False
     try:
@@ -302,7 +265,7 @@ class _LogKeeper(logging.Handler):
     A forked worker inherits the caller's handlers; writing to a file or a stream from many
     processes at once interleaves lines, and a handler that keeps records in memory (pytest's
     ``caplog``, a GUI's) would keep them in the worker's copy, never seen. So they are
-    replaced, and the caller's own handlers handle every record (:func:`replay_logs`).
+    replaced, and the caller's own handlers handle every record (``engine.health.replay_logs``).
     """
 
     current: _LogKeeper | None = None
@@ -325,8 +288,6 @@ class _LogKeeper(logging.Handler):
         root.setLevel(level)
 
     def emit(self, record: logging.LogRecord) -> None:
-        from .worker import IDLE, INDEX, STARTED
-
         try:
             message = self.format(record)
         except Exception:
@@ -339,15 +300,6 @@ class _LogKeeper(logging.Handler):
         kept.task_index = (int(self.slot[INDEX])
                            if running and self.slot[STARTED] != IDLE else None)
         self.records.append(kept)
-
-
-def replay_logs(records: Sequence[logging.LogRecord]) -> None:
-    """In the caller: hand the records a worker kept to the caller's own loggers, as if the
-    tasks had logged here (each logger's level and filters apply)."""
-    for record in records:
-        logger = logging.getLogger(record.name)
-        if logger.isEnabledFor(record.levelno):
-            logger.handle(record)
 
 
 def _worn_out(options: WorkerOptions) -> str:
@@ -439,8 +391,6 @@ class _Watchdog:
 
     @classmethod
     def _watch(cls, slot: Any) -> None:
-        from .worker import IDLE, STARTED
-
         try:
             statm = os.open("/proc/self/statm", os.O_RDONLY)
         except OSError:
@@ -457,47 +407,6 @@ class _Watchdog:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def crash_error(index: int, exitcode: int | None, slot: Any,
-                limit: int | None) -> WorkerCrashedError:
-    """The error of task ``index`` whose worker died: a MemoryLimitError when the worker's
-    watchdog killed it, else a WorkerCrashedError."""
-    if limit is not None and len(slot) > MEMORY and slot[MEMORY] > 0:
-        return MemoryLimitError(index, exitcode, int(slot[MEMORY]), limit)
-    return WorkerCrashedError(index, exitcode)
-
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", re.IGNORECASE)
-
-
-def parse_bytes(value: Any, name: str) -> int | None:
-    """``value`` as a number of bytes: an integer, or a string such as ``"2 GB"`` or
-    ``"512MiB"``; None stays None.
-
-    Examples:
-        >>> parse_bytes("2 GB", "x"), parse_bytes("1.5KiB", "x"), parse_bytes(7, "x")
-        (2000000000, 1536, 7)
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        match = _SIZE.fullmatch(value)
-        if match is None:
-            msg = f"{name} must be a number of bytes or a size such as '2 GB', not {value!r}"
-            raise ValueError(msg)
-        amount = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        amount = float(value)
-    else:
-        msg = f"{name} must be a number of bytes or a size such as '2 GB', not {value!r}"
-        raise TypeError(msg)
-    if not amount > 0 or amount == float("inf"):
-        msg = f"{name} must be a positive, finite number of bytes, not {value!r}"
-        raise ValueError(msg)
-    return int(amount)
-
-
 def format_bytes(count: float) -> str:
     """``'1.5 GB'``: a byte count for people.
 
@@ -509,84 +418,6 @@ def format_bytes(count: float) -> str:
         if count >= size:
             return f"{count / size:.3g} {unit}"
     return f"{int(count)} B"
-
-
-#: The methods whose workers are processes of our own pool: every option works there.
-_POOLS = ("multiprocess", "multiprocessing")
-#: What each other method supports, beyond ``threads_per_worker`` left to its default.
-_SUPPORTED = {
-    "concurrent.futures": {"initializer", "threads_per_worker"},
-    "thread": {"initializer"},
-    "serial": {"initializer"},
-}
-
-
-def worker_options(method: str, ncpus: int, cpus: int, *, initializer: Any, initargs: Any,
-                   max_tasks_per_worker: Any, max_worker_memory: Any, task_memory_limit: Any,
-                   threads_per_worker: Any) -> WorkerOptions | None:
-    """Validate the health options of a run of ``method`` on ``ncpus`` of ``cpus`` CPUs;
-    None when none is on (workers then run exactly as without this module).
-
-    Raises:
-        TypeError, ValueError: naming the option that is wrong, or that ``method`` cannot honour.
-    """
-    if initializer is not None and not callable(initializer):
-        msg = f"initializer must be callable, not {type(initializer).__name__}"
-        raise TypeError(msg)
-    if initargs is None:
-        initargs = ()
-    elif not isinstance(initargs, (tuple, list)):
-        msg = f"initargs must be a tuple or a list, not {type(initargs).__name__}"
-        raise TypeError(msg)
-    max_tasks = None
-    if max_tasks_per_worker is not None:
-        if (isinstance(max_tasks_per_worker, bool) or not isinstance(max_tasks_per_worker, int)
-                or max_tasks_per_worker < 1):
-            msg = f"max_tasks_per_worker must be a whole number >= 1, not {max_tasks_per_worker!r}"
-            raise ValueError(msg)
-        max_tasks = max_tasks_per_worker
-    threads = _threads(threads_per_worker, ncpus, cpus)
-    given = {
-        "initializer": initializer is not None,
-        "max_tasks_per_worker": max_tasks is not None,
-        "max_worker_memory": max_worker_memory is not None,
-        "task_memory_limit": task_memory_limit is not None,
-        "threads_per_worker": threads_per_worker != "auto" and threads is not None,
-    }
-    if method not in _POOLS:
-        supported = _SUPPORTED.get(method, set())
-        for name, on in given.items():
-            if on and name not in supported:
-                msg = (
-                    f"{name} is not supported by the {method!r} parallelizer (see "
-                    "docs/arguments.md, 'Worker health'); use the default process pool"
-                )
-                raise ValueError(msg)
-        if "threads_per_worker" not in supported:
-            threads = None  # the default limit: only where workers are processes of their own
-    forwards_logs = method in _POOLS
-    options = WorkerOptions(
-        log_level=logging.getLogger().getEffectiveLevel() if forwards_logs else None,
-        initializer=initializer,
-        initargs=tuple(initargs),
-        max_tasks=max_tasks,
-        max_memory=parse_bytes(max_worker_memory, "max_worker_memory"),
-        task_memory_limit=parse_bytes(task_memory_limit, "task_memory_limit"),
-        threads=threads,
-    )
-    return None if options == WorkerOptions() else options
-
-
-def _threads(value: Any, ncpus: int, cpus: int) -> int | None:
-    """The thread limit of each worker: ``cpus // ncpus`` (at least 1) for 'auto'."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value == "auto":
-        return max(1, cpus // max(1, ncpus))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"threads_per_worker must be 'auto', None or a whole number >= 1, not {value!r}"
-        raise ValueError(msg)
-    return value
 
 
 def start_in_thread(payload: Payload) -> None:
