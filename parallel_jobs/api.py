@@ -28,7 +28,8 @@ from .config import (
     is_count,
     make_payload,
 )
-from .engine.runner import Runner, RunOutcome, RunPlan, TaskSource
+from .engine.plan import RunPlan, TaskSource
+from .engine.runner import Runner, RunOutcome
 from .engine.signals import RunSignals
 from .engine.store import OutcomeStore, ResultStore
 from .engine.stream import Stream, StreamPlan, StreamSource, StreamStore, held_limit

@@ -14,8 +14,9 @@ from parallel_jobs import Parallel
 from parallel_jobs.backends.base import BackendOptions
 from parallel_jobs.backends.pool import ProcessPoolBackend
 from parallel_jobs.engine.monitor import LoadMonitor
+from parallel_jobs.engine.plan import RunPlan, TaskSource
 from parallel_jobs.engine.progress import ProgressReporter
-from parallel_jobs.engine.runner import Chunker, Runner, RunPlan, TaskSource
+from parallel_jobs.engine.runner import Chunker, Runner
 from parallel_jobs.engine.store import ResultStore
 from parallel_jobs.records import Chunk, Payload
 from tests import jobs

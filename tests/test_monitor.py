@@ -13,7 +13,8 @@ from parallel_jobs import Parallel
 from parallel_jobs.backends import resolve
 from parallel_jobs.backends.base import BackendOptions
 from parallel_jobs.engine.monitor import LoadGate, LoadMonitor, LoadSample, psutil_sampler
-from parallel_jobs.engine.runner import Runner, RunPlan
+from parallel_jobs.engine.plan import RunPlan
+from parallel_jobs.engine.runner import Runner
 from parallel_jobs.engine.store import ResultStore
 from parallel_jobs.records import Payload
 from tests import jobs

@@ -6,7 +6,8 @@ import pytest
 
 from parallel_jobs.config import RunConfig, make_payload
 from parallel_jobs.engine.monitor import LoadGate, LoadMonitor, NullMonitor
-from parallel_jobs.engine.runner import Runner, RunPlan
+from parallel_jobs.engine.plan import RunPlan
+from parallel_jobs.engine.runner import Runner
 from parallel_jobs.engine.store import ResultStore
 from tests import jobs
 

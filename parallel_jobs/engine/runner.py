@@ -23,8 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -39,66 +38,22 @@ from ..errors import (
     attach_remote_traceback,
 )
 from ..protocol.pickling import Failure
-from ..records import Batch, Chunk, Payload, Task, WorkerOptions, shorten, task_call
+from ..records import Batch, Chunk, Task, WorkerOptions, shorten, task_call
 from ..seeding import binds_random_early, draw_entropy, prepare_seeding
 from .monitor import LoadGate, LoadMonitor, LoadSample, NullMonitor
+from .plan import MOST_PER_CHUNK, TaskPlan, TaskSource
 from .progress import NullReporter, make_reporter
 from .store import SUCCEEDED, OutcomeStore
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
-    from .stream import StreamPlan
 
-__all__ = ["Chunker", "RunOutcome", "RunPlan", "Runner", "TaskSource", "describe"]
+__all__ = ["Chunker", "RunOutcome", "Runner", "describe"]
 
 logger = logging.getLogger("parallel_jobs")
 
 MONITOR_DELAY = 0.05
 """Seconds a run lasts before its LoadMonitor starts sampling on a thread."""
-MOST_PER_CHUNK = 4096
-"""The most tasks an automatically sized chunk holds (see :class:`Chunker`)."""
-
-
-@attrs.frozen(slots=True)
-class RunPlan:
-    """Everything validated about the tasks of a run, ready to be turned into chunks.
-
-    Attributes:
-        njobs: the number of tasks.
-        iterarg: an indexable of per-task values, or None (no iterated positional value).
-        iterkwargs: a dict of equal-length indexables, a list of dicts, or None.
-        payload: what every task shares.
-    """
-
-    njobs: int
-    iterarg: Sequence[Any] | None
-    iterkwargs: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]] | None
-    payload: Payload
-    globaldict: Mapping[str, Any] | None = None
-
-    def task(self, index: int) -> Task:
-        """The :class:`Task` record of task ``index``."""
-        return next(iter(self.chunk([index]).tasks()))
-
-    def chunk(self, indices: Sequence[int]) -> Chunk:
-        """The chunk of the given tasks, with their per-task values."""
-        itervals: Sequence[Any] | None = None
-        if self.iterarg is not None:
-            if type(indices) is range and isinstance(self.iterarg, (list, tuple, range)):
-                itervals = self.iterarg[indices.start : indices.stop]
-            elif type(indices) is range and hasattr(self.iterarg, "__array__"):
-                itervals = list(self.iterarg[indices.start : indices.stop])
-            else:
-                itervals = [self.iterarg[i] for i in indices]
-        kwargs: list[Mapping[str, Any]] | None = None
-        if isinstance(self.iterkwargs, Mapping):
-            items = list(self.iterkwargs.items())
-            kwargs = [{key: values[i] for key, values in items} for i in indices]
-        elif self.iterkwargs is not None:
-            kwargs = [self.iterkwargs[i] for i in indices]
-        return Chunk(indices, itervals, kwargs)
-
-
 #: The most characters of a task's values that an error message shows.
 MOST_SHOWN = 60
 
@@ -116,34 +71,6 @@ def describe(task: Task) -> str:
     """
     text = shorten(task, 24, 4, MOST_SHOWN)
     return f"({text})" if text else ""
-
-
-class TaskSource:
-    """Hands out the run's tasks lazily, as chunks of consecutive indices; retries go first."""
-
-    def __init__(self, njobs: int) -> None:
-        self.njobs = njobs
-        self.next_index = 0
-        self.retry: deque[int] = deque()
-
-    def has_more(self) -> bool:
-        return bool(self.retry) or self.next_index < self.njobs
-
-    def remaining(self) -> int:
-        return len(self.retry) + self.njobs - self.next_index
-
-    def take(self, size: int) -> Sequence[int]:
-        """Up to ``size`` task indices: requeued ones one by one, then fresh consecutive ones."""
-        if self.retry:
-            return [self.retry.popleft()]
-        start = self.next_index
-        self.next_index = min(self.njobs, start + size)
-        return range(start, self.next_index)
-
-    def cancel(self) -> None:
-        """Hand out nothing more."""
-        self.retry.clear()
-        self.next_index = self.njobs
 
 
 class Chunker:
@@ -274,7 +201,7 @@ class Runner:
 
     def __init__(
         self,
-        plan: RunPlan | StreamPlan,
+        plan: TaskPlan,
         backend: Backend,
         store: OutcomeStore,
         *,
@@ -328,7 +255,7 @@ class Runner:
     def from_config(
         cls,
         config: RunConfig,
-        plan: RunPlan | StreamPlan,
+        plan: TaskPlan,
         store: OutcomeStore,
         source: TaskSource | None = None,
     ) -> Runner:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..protocol.pickling import Failure
 from ..records import Batch, Chunk, Payload, Task, TaskResult
-from .runner import MOST_PER_CHUNK, TaskSource
+from .plan import MOST_PER_CHUNK, TaskSource
 from .store import FAILED, SUCCEEDED
 
 __all__ = ["Stream", "StreamPlan", "StreamSource", "StreamStore", "held_limit"]
@@ -77,7 +77,7 @@ def _iterate(values: Any, name: str) -> Iterator[Any]:
 
 
 class StreamPlan:
-    """The tasks of a lazily read input: what a :class:`~parallel_jobs.engine.runner.RunPlan` is for
+    """The tasks of a lazily read input: what a :class:`~parallel_jobs.engine.plan.RunPlan` is for
     an input of known size, holding each task's values only from its pull until it is taken.
 
     Args:
