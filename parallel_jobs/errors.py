@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "CallerInterrupt",
@@ -35,9 +35,21 @@ __all__ = [
 class ParallelJobsError(Exception):
     """Base class of every error raised by parallel_jobs itself."""
 
+    #: The attributes that a subclass's constructor takes, in its order. Pickling hands them
+    #: back to the constructor, which builds the message from them: ``args`` alone would not
+    #: rebuild a subclass whose constructor takes other arguments than it passes on.
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        if not self.fields:
+            return super().__reduce__()
+        return (type(self), tuple(getattr(self, name) for name in self.fields))
+
 
 class UnknownParallelizerError(ParallelJobsError, KeyError):
     """The ``parallelizer`` argument names no known backend."""
+
+    fields = ("name", "valid")
 
     def __init__(self, name: object, valid: Iterable[str]) -> None:
         self.name = name
@@ -49,8 +61,6 @@ class UnknownParallelizerError(ParallelJobsError, KeyError):
         names = ", ".join(repr(v) for v in self.valid)
         return f"unknown parallelizer {self.name!r}: must be a map-like callable or one of {names}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.name, self.valid))
 
 
 _LIKELY_CAUSE = {
@@ -84,6 +94,8 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
         task: the task's own values, shortened (``"(5, 'a')"``), or ``""`` when not known.
     """
 
+    fields: ClassVar[tuple[str, ...]] = ("index", "exitcode", "detail", "task")
+
     def __init__(self, index: int | None, exitcode: int | None, detail: str = "",
                  task: str = "") -> None:
         self.index = index
@@ -112,8 +124,6 @@ class WorkerCrashedError(ParallelJobsError, RuntimeError):
         extra = f" {self.detail}" if self.detail else ""
         return f"the worker process running {where} {how}.{extra}{hint}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.exitcode, self.detail, self.task))
 
 
 class MemoryLimitError(WorkerCrashedError):
@@ -123,6 +133,8 @@ class MemoryLimitError(WorkerCrashedError):
         peak: the worker's resident memory, in bytes, when the limit was seen broken.
         limit: the ``task_memory_limit`` in bytes.
     """
+
+    fields = ("index", "exitcode", "peak", "limit", "task")
 
     def __init__(self, index: int | None, exitcode: int | None, peak: int, limit: int,
                  task: str = "") -> None:
@@ -138,8 +150,6 @@ class MemoryLimitError(WorkerCrashedError):
             f"task_memory_limit={_megabytes(self.limit)}: the worker was killed and replaced"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.exitcode, self.peak, self.limit, self.task))
 
 
 class InitializerError(ParallelJobsError, RuntimeError):
@@ -150,6 +160,8 @@ class InitializerError(ParallelJobsError, RuntimeError):
         error: the initializer's exception, as ``'Type: message'``.
         traceback: the initializer's traceback, formatted where it failed.
     """
+
+    fields = ("pid", "error", "traceback")
 
     def __init__(self, pid: int, error: str, traceback: str = "") -> None:
         self.pid = pid
@@ -162,8 +174,6 @@ class InitializerError(ParallelJobsError, RuntimeError):
         detail = f"\n{self.traceback.rstrip()}" if self.traceback else ""
         return f"the initializer failed in {where}, so no task could run: {self.error}{detail}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.pid, self.error, self.traceback))
 
 
 def _megabytes(count: int) -> str:
@@ -187,6 +197,8 @@ class TaskTimeoutError(ParallelJobsError, TimeoutError):
         task: the task's own values, shortened (``"(5, 'a')"``), or ``""`` when not known.
     """
 
+    fields = ("index", "timeout", "stopped", "task")
+
     def __init__(self, index: int, timeout: float, stopped: bool = True, task: str = "") -> None:
         self.index = index
         self.timeout = timeout
@@ -205,8 +217,6 @@ class TaskTimeoutError(ParallelJobsError, TimeoutError):
             "be running in the background (use the default process backend to have it stopped)"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.timeout, self.stopped, self.task))
 
 
 class SerializationError(ParallelJobsError, TypeError):
@@ -219,6 +229,8 @@ class SerializationError(ParallelJobsError, TypeError):
         action: what could not be done with it.
     """
 
+    fields = ("what", "reason", "action")
+
     def __init__(self, what: str, reason: str,
                  action: str = "pickled to send between processes") -> None:
         self.what = what
@@ -229,8 +241,6 @@ class SerializationError(ParallelJobsError, TypeError):
     def __str__(self) -> str:
         return f"{self.what} cannot be {self.action}: {self.reason}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.what, self.reason, self.action))
 
 
 class RemoteTaskError(ParallelJobsError):
@@ -245,6 +255,8 @@ class RemoteTaskError(ParallelJobsError):
         traceback: the worker's formatted traceback.
     """
 
+    fields = ("type_name", "message", "traceback")
+
     def __init__(self, type_name: str, message: str, traceback: str) -> None:
         self.type_name = type_name
         self.message = message
@@ -254,8 +266,6 @@ class RemoteTaskError(ParallelJobsError):
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.type_name, self.message, self.traceback))
 
 
 class RemoteTraceback(Exception):
@@ -301,6 +311,8 @@ class CheckpointError(ParallelJobsError, OSError):
         reason: what is wrong with it.
     """
 
+    fields = ("path", "reason")
+
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         self.reason = reason
@@ -310,8 +322,6 @@ class CheckpointError(ParallelJobsError, OSError):
     def __str__(self) -> str:
         return f"checkpoint {self.path!r}: {self.reason}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason))
 
 
 class ExceptionCollector:

@@ -10,6 +10,7 @@ carry the worker's traceback wherever the task ran in another process.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from parallel_jobs import (
     WorkerCrashedError,
     parallelize,
 )
+from parallel_jobs import errors as pj_errors
 from tests import jobs
 from tests.conftest import ROOT, returned
 
@@ -263,3 +265,27 @@ def test_a_crash_with_die_prints_its_message_once(tmp_path: Any) -> None:
     assert done.returncode == 1
     assert done.stderr.count("exited with code 3: the task") == 1, done.stderr
     assert "raised this in its worker" not in done.stderr
+
+
+ERRORS = [
+    pj_errors.UnknownParallelizerError("thread-pool", ["thread", "serial"]),
+    pj_errors.WorkerCrashedError(3, -9, "killed by the test", "(5,)"),
+    pj_errors.MemoryLimitError(3, -9, 900, 500, "(5,)"),
+    pj_errors.InitializerError(1234, "ValueError: no config", "Traceback ..."),
+    pj_errors.TaskTimeoutError(2, 1.5, True, "(x=1)"),
+    pj_errors.SerializationError("the function", "cannot pickle 'lock'"),
+    pj_errors.RemoteTaskError("mod.Odd", "odd", "Traceback ..."),
+    pj_errors.CheckpointError("/tmp/sweep.sqlite", "is locked"),
+]
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda error: type(error).__name__)
+def test_every_error_crosses_a_process_boundary_whole(error: pj_errors.ParallelJobsError) -> None:
+    # Real pickling, as between a worker and the parent: the same class, the same fields, the
+    # same message, for each error built from other arguments than the ones it passes on.
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert error.fields
+    for name in error.fields:
+        assert getattr(copy, name) == getattr(error, name)
+    assert str(copy) == str(error)
