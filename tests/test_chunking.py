@@ -142,11 +142,12 @@ def test_a_user_chunksize_is_honoured_and_tasks_are_still_counted_one_by_one() -
 
 
 def test_every_task_is_timed_on_its_own_inside_a_chunk() -> None:
-    P = Parallel(jobs.sleep_for, [0.0] * 20 + [0.05] * 4, ncpus=2, chunksize=6)
+    # Lopsided: an empty task would need a 0.3 s stall to look like a sleeping one.
+    P = Parallel(jobs.sleep_for, [0.0] * 20 + [0.3] * 4, ncpus=2, chunksize=6)
     P.run()
     elapsed = P.times["jobs"]
-    assert all(seconds < 0.05 for seconds in elapsed[:20])
-    assert all(seconds >= 0.05 for seconds in elapsed[20:])
+    assert all(seconds < 0.3 for seconds in elapsed[:20])
+    assert all(seconds >= 0.3 for seconds in elapsed[20:])
     # Within a chunk, each task has a start of its own, after the one before it. (Tasks of
     # different workers may share a start: wall-clock seconds since 1970 in a float resolve
     # about a quarter of a microsecond.)

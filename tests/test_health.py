@@ -125,7 +125,8 @@ def test_a_task_past_task_memory_limit_fails_alone_and_fast(start_method: str) -
     assert error.peak > limit
     assert "task 3 (3)" in str(error)
     assert "task_memory_limit" in str(error)
-    assert P.task_results[3].elapsed < 1.0
+    # Stopped while it ran, short of the 4 GB it would have reached: no clock needed to tell.
+    assert error.peak < 4000 * MB
     assert P.summary()["memory_limits_hit"] == 1
 
 
