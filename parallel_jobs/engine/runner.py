@@ -73,6 +73,7 @@ def describe(task: Task) -> str:
     return f"({text})" if text else ""
 
 
+@attrs.define(slots=True)
 class Chunker:
     """Sizes chunks from measured task durations.
 
@@ -105,24 +106,15 @@ class Chunker:
         4096
     """
 
-    def __init__(
-        self,
-        ncpus: int,
-        fixed: int | None = None,
-        limit: int | None = None,
-        target: float = 0.02,
-        floor: float = 0.002,
-        most: int = MOST_PER_CHUNK,
-    ) -> None:
-        self.ncpus = ncpus
-        self.fixed = fixed
-        self.limit = limit
-        self.target = target
-        self.floor = floor
-        self.most = most
-        self.mean: float | None = None
-        self._seconds = 0.0
-        self._count = 0.0
+    ncpus: int
+    fixed: int | None = None
+    limit: int | None = None
+    target: float = 0.02
+    floor: float = 0.002
+    most: int = MOST_PER_CHUNK
+    mean: float | None = attrs.field(default=None, init=False)
+    _seconds: float = attrs.field(default=0.0, init=False)
+    _count: float = attrs.field(default=0.0, init=False)
 
     def observe(self, count: int, seconds: float) -> None:
         """Learn from ``count`` tasks that took ``seconds`` in all."""
