@@ -16,8 +16,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
+from .backends import Choice
 from .background import BackgroundRun
 from .config import (
     DEFAULTS,
@@ -41,13 +42,21 @@ __all__ = ["Parallel", "imap", "load_checkpoint", "parallelize"]
 
 _NOT_RUN, _RUNNING, _DONE = "not run", "running", "done"
 
+T = TypeVar("T")
 
-class _Setting:
+
+class _Setting(Generic[T]):
     """A value of the run's validated configuration (``P.method``), read-only as sciris'
     derived attributes are: assigning one only hides it on the instance, as before."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
+
+    @overload
+    def __get__(self, parallel: None, owner: type | None = None) -> _Setting[T]: ...
+
+    @overload
+    def __get__(self, parallel: Parallel, owner: type | None = None) -> T: ...
 
     def __get__(self, parallel: Parallel | None, owner: type | None = None) -> Any:
         if parallel is None:
@@ -55,7 +64,7 @@ class _Setting:
         return getattr(parallel._config, self.name)
 
 
-class _Option(_Setting):
+class _Option(_Setting[T]):
     """An option of ``Parallel`` (``P.ncpus``): reads its validated value. Setting it
     validates it, with every other option, as the constructor does; the next run uses it."""
 
@@ -161,13 +170,36 @@ class Parallel:
         ('done', [True, True, True])
     """
 
-    ncpus, maxcpu, maxmem, interval, parallelizer, serial = (_Option() for _ in range(6))
-    progress, callback, label, capture, die, lbkwargs = (_Option() for _ in range(6))
-    start_method, timeout, retries, chunksize, keep_records = (_Option() for _ in range(5))
-    checkpoint, rerun_failed, initializer, initargs = (_Option() for _ in range(4))
-    max_tasks_per_worker, max_worker_memory = _Option(), _Option()
-    task_memory_limit, threads_per_worker = _Option(), _Option()
-    method, is_async, choice = _Setting(), _Setting(), _Setting()
+    # Each option reads as its validated type (P.ncpus is an int however it was given) and
+    # takes any value that the constructor takes.
+    ncpus: _Option[int] = _Option()
+    maxcpu: _Option[float | None] = _Option()
+    maxmem: _Option[float | None] = _Option()
+    interval: _Option[float | None] = _Option()
+    parallelizer: _Option[Any] = _Option()
+    serial: _Option[bool] = _Option()
+    progress: _Option[bool] = _Option()
+    callback: _Option[Callable[[dict[str, Any]], Any] | None] = _Option()
+    label: _Option[str | None] = _Option()
+    capture: _Option[bool] = _Option()
+    die: _Option[bool] = _Option()
+    lbkwargs: _Option[Mapping[str, Any]] = _Option()
+    start_method: _Option[str | None] = _Option()
+    timeout: _Option[float | None] = _Option()
+    retries: _Option[int] = _Option()
+    chunksize: _Option[int | None] = _Option()
+    keep_records: _Option[bool] = _Option()
+    checkpoint: _Option[str | None] = _Option()
+    rerun_failed: _Option[bool] = _Option()
+    initializer: _Option[Callable[..., Any] | None] = _Option()
+    initargs: _Option[Sequence[Any]] = _Option()
+    max_tasks_per_worker: _Option[int | None] = _Option()
+    max_worker_memory: _Option[int | str | None] = _Option()
+    task_memory_limit: _Option[int | str | None] = _Option()
+    threads_per_worker: _Option[int | str | None] = _Option()
+    method: _Setting[str] = _Setting()
+    is_async: _Setting[bool] = _Setting()
+    choice: _Setting[Choice] = _Setting()
     results = _PerTask("Each task's return value, in input order (None for a failed or "
                        "skipped task).")
     success = _PerTask("Whether each task succeeded.")
