@@ -47,7 +47,7 @@ T = TypeVar("T")
 
 class _Setting(Generic[T]):
     """A value of the run's validated configuration (``P.method``), read-only as sciris'
-    derived attributes are: assigning one only hides it on the instance, as before."""
+    derived attributes are: assigning one only hides it on the instance."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
