@@ -347,8 +347,8 @@ if __name__ == "__main__":
     for trial in range(trials):
         # Anywhere in the first 30 ms of the run, while its workers are being started.
         timer = threading.Timer(rng.uniform(0, 0.03), os.killpg, (0, signal.SIGINT))
-        timer.start()
         try:
+            timer.start()  # inside the try: a signal may land before start() even returns
             parallelize(jobs.sleep_for, [0.2] * 8, ncpus=2, chunksize=1,
                         start_method=start_method)
             outcome = "finished"
