@@ -42,7 +42,9 @@ def test_a_task_that_allocates_shows_it_and_its_neighbours_do_not(start_method: 
 def test_cpu_time_is_the_tasks_own() -> None:
     busy = Parallel(jobs.spin_cpu, [0.2], ncpus=1).run().task_results[0]
     assert busy.value >= 0.2
-    assert busy.value - 0.02 <= busy.cpu_time <= busy.elapsed + 0.02
+    # Lopsided bounds: CPU clocks tick in milliseconds, and a loaded machine stretches them;
+    # a task that spun 0.2 s of CPU against one that slept 0.2 s is what tells them apart.
+    assert busy.value / 2 <= busy.cpu_time <= busy.elapsed + 0.05
     idle = Parallel(jobs.sleep_for, [0.2], ncpus=1).run().task_results[0]
     assert idle.elapsed >= 0.2
     assert idle.cpu_time < 0.05
