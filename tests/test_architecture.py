@@ -21,7 +21,7 @@ NAME = "parallel_jobs"
 # What runs in a worker process: it must not drag the parent's machinery (threads, rich,
 # psutil samplers, SQLite) into every worker, nor depend on how the parent drives a run.
 WORKER_SIDE = ("records", "protocol", "worker", "worker_health", "seeding")
-PARENT_SIDE = ("api", "config", "engine", "backends", "report")
+PARENT_SIDE = ("api", "background", "backends", "config", "engine", "report", "views")
 
 
 def modules() -> Iterator[tuple[str, pathlib.Path]]:
